@@ -27,16 +27,34 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="VICAP_", extra="ignore")
 
-    home: Path = Field(default_factory=_default_home, description="Artifacts: checkpoints, feature caches, ONNX files, embedded store and broker.")
-    database_url: str | None = Field(default=None, description="SQLAlchemy URL of the store; default: SQLite file under VICAP_HOME.")
-    broker_url: str | None = Field(default=None, description="Celery broker URL; default: the embedded SQLite broker under VICAP_HOME.")
-    result_backend: str | None = Field(default=None, description="Celery result backend; job state lives in the store, so none is needed.")
+    home: Path = Field(
+        default_factory=_default_home,
+        description="Artifacts: checkpoints, feature caches, ONNX files, embedded store and broker.",
+    )
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the store; default: SQLite file under VICAP_HOME."
+    )
+    broker_url: str | None = Field(
+        default=None, description="Celery broker URL; default: the embedded SQLite broker under VICAP_HOME."
+    )
+    result_backend: str | None = Field(
+        default=None, description="Celery result backend; job state lives in the store, so none is needed."
+    )
     heartbeat_s: float = Field(default=10.0, gt=0, description="How often a busy worker records that it is alive.")
-    stale_after_s: float = Field(default=90.0, gt=0, description="A running chunk whose worker is silent this long is re-enqueued.")
+    stale_after_s: float = Field(
+        default=90.0, gt=0, description="A running chunk whose worker is silent this long is re-enqueued."
+    )
     chunk_size: int = Field(default=256, gt=0, description="Images per caption chunk (one Celery task).")
-    visibility_timeout_s: int = Field(default=3 * 3600, gt=0, description="Redis visibility timeout; longer than the longest chunk.")
-    nightly_cron: str = Field(default="0 2 * * *", description="Cron (minute hour day month weekday) of the nightly re-evaluation, local time.")
-    torch_threads: int | None = Field(default=None, gt=0, description="Threads for torch/onnxruntime; default: all cores.")
+    visibility_timeout_s: int = Field(
+        default=3 * 3600, gt=0, description="Redis visibility timeout; longer than the longest chunk."
+    )
+    nightly_cron: str = Field(
+        default="0 2 * * *",
+        description="Cron (minute hour day month weekday) of the nightly re-evaluation, local time.",
+    )
+    torch_threads: int | None = Field(
+        default=None, gt=0, description="Threads for torch/onnxruntime; default: all cores."
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -48,6 +66,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"VICAP_DATABASE_URL must start with one of {', '.join(s + '://' for s in SUPPORTED_DB_SCHEMES)}; got {value!r}"
             )
+        if scheme == "postgresql":  # the driver installed with vicap-jobs is psycopg 3
+            value = "postgresql+psycopg://" + value.split("://", 1)[1]
         return value
 
     @field_validator("broker_url")

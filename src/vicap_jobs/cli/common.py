@@ -1,0 +1,42 @@
+"""Helpers every command shares: settings, the store, tables on the terminal."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import Engine
+
+from vicap_jobs.settings import Settings, get_settings
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def open_store() -> tuple[Settings, Engine]:
+    """Validated settings and an engine whose schema is at head (empty SQLite is upgraded)."""
+    from vicap_jobs.db.store import open_engine
+
+    settings = get_settings()
+    return settings, open_engine(settings)
+
+
+def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """A plain table; numbers right-aligned."""
+    table = Table(title=title, show_lines=False)
+    materialized = [list(r) for r in rows]
+    for i, name in enumerate(columns):
+        numeric = bool(materialized) and all(isinstance(r[i], int | float) or r[i] is None for r in materialized)
+        table.add_column(name, justify="right" if numeric else "left")
+    for row in materialized:
+        table.add_row(*(_fmt(v) for v in row))
+    console.print(table)
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)

@@ -1,0 +1,100 @@
+"""The ``vicap-jobs`` command: a click group whose subcommands live one group per module.
+
+Commands are thin: they parse options, call one library function and print.
+Domain errors (``VicapError``) become a one-line message and exit code 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from vicap_jobs import __version__
+from vicap_jobs.errors import VicapError
+
+#: command name -> "module:attribute"; modules are imported only when needed.
+COMMANDS: dict[str, str] = {
+    "config": "vicap_jobs.cli.config_cmd:config",
+    "db": "vicap_jobs.cli.db_cmd:db",
+    "dataset": "vicap_jobs.cli.dataset_cmd:dataset",
+    "train": "vicap_jobs.cli.train_cmd:train",
+    "evaluate": "vicap_jobs.cli.evaluate_cmd:evaluate",
+    "models": "vicap_jobs.cli.models_cmd:models",
+    "export": "vicap_jobs.cli.export_cmd:export",
+    "submit": "vicap_jobs.cli.submit_cmd:submit",
+    "jobs": "vicap_jobs.cli.jobs_cmd:jobs",
+    "captions": "vicap_jobs.cli.captions_cmd:captions",
+    "scores": "vicap_jobs.cli.scores_cmd:scores",
+    "worker": "vicap_jobs.cli.worker_cmd:worker",
+    "scheduler": "vicap_jobs.cli.scheduler_cmd:scheduler",
+    "demo": "vicap_jobs.cli.demo_cmd:demo",
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a subcommand's module only when it is listed or run."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attribute = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                return _not_yet_available(cmd_name)
+            raise
+        return getattr(module, attribute)
+
+    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except VicapError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def _not_yet_available(name: str) -> click.Command:
+    @click.command(name=name, help=f"Not yet available in this version.\n\nExample:\n\n    vicap-jobs {name} --help")
+    def stub() -> None:
+        raise click.ClickException(f"`vicap-jobs {name}` is not yet available")
+
+    return stub
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="vicap-jobs")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """Train, export and run Vietnamese image-captioning models; caption folders in bulk; track scores in SQL.
+
+    Jobs go through Celery (Redis in production, an embedded broker by default);
+    everything lands in a SQL store (SQLite by default, PostgreSQL in production).
+
+    Example:
+
+    \b
+        vicap-jobs demo
+        vicap-jobs submit caption --dir photos/ --wait
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli(prog_name="vicap-jobs")
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

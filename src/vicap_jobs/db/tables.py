@@ -1,0 +1,289 @@
+"""The SQL store. Users query these tables with plain SQL, so names are chosen for them.
+
+Every caption and score row points to the job that made it; every evaluation
+row says its tokenization and whether it is the blind baseline.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from vicap_jobs.db.base import Base, utcnow
+
+JOB_KINDS = ("train", "export", "caption", "evaluate")
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+CHUNK_STATUSES = ("queued", "running", "done", "failed", "cancelled")
+CAPTION_STATUSES = ("ok", "error")
+SPLITS = ("train", "val", "test")
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def _timestamp(nullable: bool = False) -> Mapped[Any]:
+    if nullable:
+        return mapped_column(DateTime(timezone=True), nullable=True)
+    return mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+
+
+class Dataset(Base):
+    """A named collection of images with reference captions (UIT-ViIC, a synthetic set...)."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    format: Mapped[str] = mapped_column(String(40), comment="coco | captions-txt | synth")
+    source_path: Mapped[str | None] = mapped_column(Text)
+    nightly_splits: Mapped[list[str] | None] = mapped_column(
+        JSON, comment='splits re-evaluated every night, e.g. ["test"]; NULL = none'
+    )
+    created_at: Mapped[datetime] = _timestamp()
+
+    images: Mapped[list[Image]] = relationship(back_populates="dataset")
+
+
+class Image(Base):
+    """One image file; dataset_id is NULL for images of ad-hoc caption folders."""
+
+    __tablename__ = "images"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "path"),
+        Index("ix_images_sha256", "sha256"),
+        Index("ix_images_dataset_id_split", "dataset_id", "split"),
+        Index(
+            "uq_images_adhoc_path",
+            "path",
+            unique=True,
+            sqlite_where=text("dataset_id IS NULL"),
+            postgresql_where=text("dataset_id IS NULL"),
+        ),
+        CheckConstraint("split IS NULL OR " + _one_of("split", SPLITS), name="split"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text, comment="absolute path on the machine that registered it")
+    file_name: Mapped[str] = mapped_column(Text)
+    coco_id: Mapped[int | None] = mapped_column(Integer, comment="image id in the source COCO JSON, if any")
+    sha256: Mapped[str | None] = mapped_column(String(64), comment="NULL when the file was missing at import")
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    split: Mapped[str | None] = mapped_column(String(10))
+    created_at: Mapped[datetime] = _timestamp()
+
+    dataset: Mapped[Dataset | None] = relationship(back_populates="images")
+    references: Mapped[list[ReferenceCaption]] = relationship(
+        back_populates="image", order_by="ReferenceCaption.position"
+    )
+
+
+class ReferenceCaption(Base):
+    """A human (or generator) reference caption: the text as given and its normalized form."""
+
+    __tablename__ = "reference_captions"
+    __table_args__ = (UniqueConstraint("image_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer, comment="order within the image, from 0")
+    text: Mapped[str] = mapped_column(Text, comment="as given in the source file")
+    normalized: Mapped[str] = mapped_column(Text, comment="NFC, lowercase, no punctuation, diacritics kept")
+    coco_annotation_id: Mapped[int | None] = mapped_column(Integer)
+
+    image: Mapped[Image] = relationship(back_populates="references")
+
+
+class Model(Base):
+    """A trained captioning model and where its artifacts live."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    family: Mapped[str] = mapped_column(String(40), comment="registry name: cnn-lstm, cnn-lstm-attn, ...")
+    backbone: Mapped[str | None] = mapped_column(String(80), comment="vision backbone or base checkpoint")
+    artifact_dir: Mapped[str] = mapped_column(
+        Text, comment="checkpoint folder (config.json, model.safetensors, vocab.json)"
+    )
+    onnx_path: Mapped[str | None] = mapped_column(Text, comment="folder with encoder_model.onnx + decoder_model.onnx")
+    onnx_quantized: Mapped[bool] = mapped_column(Boolean, default=False)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    vocabulary: Mapped[str | None] = mapped_column(Text, comment="vocabulary file or tokenizer reference")
+    tokenization: Mapped[str | None] = mapped_column(String(20))
+    image_size: Mapped[int | None] = mapped_column(Integer)
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), comment="trained on")
+    trained_by_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL", use_alter=True))
+    exported_at: Mapped[datetime | None] = _timestamp(nullable=True)
+    created_at: Mapped[datetime] = _timestamp()
+
+
+class Job(Base):
+    """A unit of user-visible work (train, export, caption, evaluate) and its progress."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(_one_of("kind", JOB_KINDS), name="kind"),
+        CheckConstraint(_one_of("status", JOB_STATUSES), name="status"),
+        Index("ix_jobs_status_created_at", "status", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
+    total: Mapped[int] = mapped_column(Integer, default=0, comment="units of work: images, or epochs for train")
+    done: Mapped[int] = mapped_column(Integer, default=0, comment="units finished, ok or failed")
+    failed: Mapped[int] = mapped_column(Integer, default=0, comment="units that ended in error")
+    progress_message: Mapped[str | None] = mapped_column(Text, comment="e.g. 'epoch 3/10 loss 1.234'")
+    error: Mapped[str | None] = mapped_column(Text)
+    worker_host: Mapped[str | None] = mapped_column(String(255))
+    device: Mapped[str | None] = mapped_column(String(40))
+    broker_task_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = _timestamp()
+    started_at: Mapped[datetime | None] = _timestamp(nullable=True)
+    finished_at: Mapped[datetime | None] = _timestamp(nullable=True)
+
+
+class JobChunk(Base):
+    """A partition of a caption job: one Celery task; done chunks are skipped on redelivery."""
+
+    __tablename__ = "job_chunks"
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq"),
+        CheckConstraint(_one_of("status", CHUNK_STATUSES), name="status"),
+        Index("ix_job_chunks_status_heartbeat_at", "status", "heartbeat_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer, comment="0-based chunk number within the job")
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    image_ids: Mapped[list[int]] = mapped_column(JSON)
+    n_images: Mapped[int] = mapped_column(Integer)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker_host: Mapped[str | None] = mapped_column(String(255))
+    broker_task_id: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None] = _timestamp(nullable=True)
+    started_at: Mapped[datetime | None] = _timestamp(nullable=True)
+    finished_at: Mapped[datetime | None] = _timestamp(nullable=True)
+    read_s: Mapped[float | None] = mapped_column(Float, comment="seconds decoding images")
+    infer_s: Mapped[float | None] = mapped_column(Float, comment="seconds in the engine")
+    write_s: Mapped[float | None] = mapped_column(Float, comment="seconds writing rows")
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Caption(Base):
+    """One generated caption (or the reason there is none) per image per job."""
+
+    __tablename__ = "captions"
+    __table_args__ = (
+        UniqueConstraint("job_id", "image_id"),
+        CheckConstraint(_one_of("status", CAPTION_STATUSES), name="status"),
+        Index("ix_captions_image_id", "image_id"),
+        Index("ix_captions_model_id", "model_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
+    text: Mapped[str | None] = mapped_column(Text, comment="NULL when status = 'error'")
+    engine: Mapped[str] = mapped_column(String(20), comment="onnx | torch | torch-bf16 | int8")
+    latency_ms: Mapped[float | None] = mapped_column(Float, comment="per-image share of its batch's engine time")
+    status: Mapped[str] = mapped_column(String(10))
+    error: Mapped[str | None] = mapped_column(Text, comment="readable reason, e.g. 'truncated or corrupt image data'")
+    created_at: Mapped[datetime] = _timestamp()
+
+
+class Evaluation(Base):
+    """Corpus BLEU-1..4 / ROUGE-L of one model (or the blind baseline) on one data set split."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (
+        Index("ix_evaluations_model_id_dataset_id_split", "model_id", "dataset_id", "split"),
+        CheckConstraint(_one_of("split", SPLITS), name="split"),
+        CheckConstraint("tokenization IN ('syllable', 'word')", name="tokenization"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    model_id: Mapped[int | None] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), comment="NULL for the blind baseline and for external predictions"
+    )
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    split: Mapped[str] = mapped_column(String(10))
+    tokenization: Mapped[str] = mapped_column(String(20))
+    bleu_1: Mapped[float] = mapped_column(Float)
+    bleu_2: Mapped[float] = mapped_column(Float)
+    bleu_3: Mapped[float] = mapped_column(Float)
+    bleu_4: Mapped[float] = mapped_column(Float)
+    rouge_l: Mapped[float] = mapped_column(Float)
+    n_images: Mapped[int] = mapped_column(Integer)
+    is_baseline: Mapped[bool] = mapped_column(Boolean, default=False)
+    source: Mapped[str | None] = mapped_column(Text, comment="baseline caption, or the predictions file evaluated")
+    created_at: Mapped[datetime] = _timestamp()
+
+
+class Worker(Base):
+    """A live (or recently live) worker process; last_seen_at is its heartbeat."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True, comment="celery node name, e.g. gpu0@host")
+    queues: Mapped[list[str]] = mapped_column(JSON, default=list)
+    device: Mapped[str | None] = mapped_column(String(40))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[datetime] = _timestamp()
+    last_seen_at: Mapped[datetime] = _timestamp()
+
+
+LATEST_SCORES_VIEW_SQL = """
+CREATE VIEW latest_scores AS
+SELECT e.id AS evaluation_id,
+       e.model_id,
+       m.name AS model_name,
+       m.family AS model_family,
+       e.dataset_id,
+       d.name AS dataset_name,
+       e.split,
+       e.tokenization,
+       e.is_baseline,
+       e.bleu_1, e.bleu_2, e.bleu_3, e.bleu_4, e.rouge_l,
+       e.n_images,
+       e.job_id,
+       e.created_at
+FROM (
+    SELECT evaluations.*,
+           ROW_NUMBER() OVER (
+               PARTITION BY COALESCE(model_id, 0), is_baseline, dataset_id, split, tokenization
+               ORDER BY created_at DESC, id DESC
+           ) AS newest_first
+    FROM evaluations
+    WHERE model_id IS NOT NULL OR is_baseline
+) AS e
+JOIN datasets AS d ON d.id = e.dataset_id
+LEFT JOIN models AS m ON m.id = e.model_id
+WHERE e.newest_first = 1
+"""

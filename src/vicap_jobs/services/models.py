@@ -1,0 +1,146 @@
+"""Registered models: lookup by name, engine choice, registration after training/export."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from vicap_jobs.db.session import session_scope
+from vicap_jobs.db.tables import Model
+from vicap_jobs.errors import InputError, NotFoundError, UnknownNameError
+from vicap_jobs.models.registry import get_family
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A plain copy of a models row (no ORM session attached)."""
+
+    id: int
+    name: str
+    family: str
+    backbone: str | None
+    artifact_dir: str
+    onnx_path: str | None
+    onnx_quantized: bool
+    hyperparameters: dict[str, Any]
+    tokenization: str | None
+    image_size: int | None
+    dataset_id: int | None
+    created_at: datetime
+    exported_at: datetime | None
+
+
+def _ref(row: Model) -> ModelRef:
+    return ModelRef(
+        id=row.id,
+        name=row.name,
+        family=row.family,
+        backbone=row.backbone,
+        artifact_dir=row.artifact_dir,
+        onnx_path=row.onnx_path,
+        onnx_quantized=bool(row.onnx_quantized),
+        hyperparameters=dict(row.hyperparameters or {}),
+        tokenization=row.tokenization,
+        image_size=row.image_size,
+        dataset_id=row.dataset_id,
+        created_at=row.created_at,
+        exported_at=row.exported_at,
+    )
+
+
+def resolve_model(*, db: Engine, name: str | None) -> ModelRef:
+    """The model called ``name``, or the newest one when ``name`` is None."""
+    with session_scope(db) as session:
+        if name is None:
+            row = session.scalar(select(Model).order_by(Model.created_at.desc(), Model.id.desc()).limit(1))
+            if row is None:
+                raise NotFoundError(
+                    "no model is registered yet; train one (`vicap-jobs train ...`) or run `vicap-jobs demo`"
+                )
+            return _ref(row)
+        row = session.scalar(select(Model).where(Model.name == name))
+        if row is None:
+            known = list(session.scalars(select(Model.name).order_by(Model.name)))
+            hint = f"; registered: {', '.join(known)}" if known else "; none is registered yet"
+            raise NotFoundError(f"no model named {name!r}{hint}")
+        return _ref(row)
+
+
+def model_by_id(*, db: Engine, model_id: int) -> ModelRef:
+    with session_scope(db) as session:
+        row = session.get(Model, model_id)
+        if row is None:
+            raise NotFoundError(f"no model with id {model_id}")
+        return _ref(row)
+
+
+def list_models(*, db: Engine) -> list[ModelRef]:
+    with session_scope(db) as session:
+        return [_ref(row) for row in session.scalars(select(Model).order_by(Model.name))]
+
+
+def resolve_engine_name(model: ModelRef, requested: str | None) -> str:
+    """The engine to caption with: the requested one if the family supports it, else its default.
+
+    The family's default (ONNX for CNN+LSTM) is used only once the model is exported;
+    until then the torch engine runs it.
+    """
+    spec = get_family(model.family)
+    if requested is None:
+        if spec.default_engine == "onnx" and not model.onnx_path:
+            return "torch"
+        return spec.default_engine
+    if requested not in spec.engines:
+        raise UnknownNameError(f"engine for {model.family}", requested, list(spec.engines))
+    if requested == "onnx" and not model.onnx_path:
+        raise InputError(
+            f"model {model.name!r} has no ONNX export yet; run `vicap-jobs export onnx {model.name}` or use --engine torch"
+        )
+    return requested
+
+
+def register_model(
+    *,
+    db: Engine,
+    name: str,
+    family: str,
+    backbone: str | None,
+    artifact_dir: str,
+    hyperparameters: dict[str, Any],
+    vocabulary: str | None,
+    tokenization: str | None,
+    image_size: int | None,
+    dataset_id: int | None,
+    trained_by_job_id: int | None,
+) -> int:
+    """Insert (or replace the artifacts of) model ``name``; returns its id."""
+    with session_scope(db) as session:
+        row = session.scalar(select(Model).where(Model.name == name))
+        if row is None:
+            row = Model(name=name)
+            session.add(row)
+        row.family, row.backbone, row.artifact_dir = family, backbone, artifact_dir
+        row.hyperparameters, row.vocabulary, row.tokenization = hyperparameters, vocabulary, tokenization
+        row.image_size, row.dataset_id, row.trained_by_job_id = image_size, dataset_id, trained_by_job_id
+        row.onnx_path, row.onnx_quantized, row.exported_at = None, False, None
+        session.flush()
+        return row.id
+
+
+def record_export(*, db: Engine, model_id: int, onnx_path: str, quantized: bool) -> None:
+    from vicap_jobs.db.base import utcnow
+
+    with session_scope(db) as session:
+        row = session.get(Model, model_id)
+        if row is None:
+            raise NotFoundError(f"no model with id {model_id}")
+        row.onnx_path, row.onnx_quantized, row.exported_at = onnx_path, quantized, utcnow()
+
+
+def ensure_name_free(*, db: Engine, name: str) -> None:
+    with session_scope(db) as session:
+        if session.scalar(select(Model.id).where(Model.name == name)) is not None:
+            raise InputError(f"a model named {name!r} already exists; pick another name")
