@@ -163,7 +163,7 @@ def caption_batch(engine: Any, batch: Sequence[tuple[int, str]]) -> tuple[list[C
 
 
 def finish_job_if_complete(*, db: Engine, job_id: int) -> str | None:
-    """When no chunk is left queued/running, end the job: succeeded, or failed if no image succeeded."""
+    """When no chunk of a caption job is left queued/running, end it: succeeded, or failed if no image succeeded."""
     with session_scope(db) as session:
         open_chunks = session.scalar(
             select(func.count())
@@ -173,8 +173,8 @@ def finish_job_if_complete(*, db: Engine, job_id: int) -> str | None:
         if open_chunks:
             return None
         job = session.get(Job, job_id)
-        if job is None or job.status not in ("queued", "running"):
-            return None
+        if job is None or job.status not in ("queued", "running") or job.kind != "caption":
+            return None  # evaluate jobs finish after scoring, in services.evaluation
         n_ok = session.scalar(
             select(func.count()).select_from(Caption).where(Caption.job_id == job_id, Caption.status == "ok")
         )

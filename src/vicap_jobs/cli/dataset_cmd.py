@@ -1,0 +1,192 @@
+"""``vicap-jobs dataset``: import caption data sets, generate the synthetic one, inspect them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from vicap_jobs.cli.common import console, open_store, print_table
+
+
+@click.group()
+def dataset() -> None:
+    """Import, generate, list and describe caption data sets.
+
+    Example:
+
+    \b
+        vicap-jobs dataset import uitviic --format coco --split test \\
+            --annotations uitviic_captions_test2017.json --images coco/val2017
+        vicap-jobs dataset synth viic-synth --images 1000
+        vicap-jobs dataset show uitviic
+    """
+
+
+@dataset.command("import")
+@click.argument("name")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["coco", "captions-txt"]),
+    default="coco",
+    show_default=True,
+    help="coco: COCO captions JSON (UIT-ViIC). captions-txt: image_path<TAB>caption lines.",
+)
+@click.option(
+    "--annotations", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The captions file."
+)
+@click.option(
+    "--images",
+    "images_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder the file names are relative to (default: the captions file's folder).",
+)
+@click.option("--split", type=click.Choice(["train", "val", "test"]), required=True)
+@click.option("--require-images", is_flag=True, help="Fail when an image file is missing instead of reporting it.")
+@click.option("--replace", is_flag=True, help="Replace this split if it was imported before.")
+def import_cmd(
+    name: str, fmt: str, annotations: Path, images_dir: Path | None, split: str, require_images: bool, replace: bool
+) -> None:
+    """Import one split of a data set (all of it or nothing).
+
+    Example:
+
+    \b
+        vicap-jobs dataset import uitviic --format coco --split train \\
+            --annotations ../shared/data/uitviic/uitviic_captions_train2017.json --images coco/train2017
+        vicap-jobs dataset import kaggle --format captions-txt --split test --annotations test/captions.txt
+    """
+    from vicap_jobs.services.datasets import import_split
+
+    _, db = open_store()
+    report = import_split(
+        db=db,
+        name=name,
+        fmt=fmt,
+        annotations=annotations,
+        images_dir=images_dir,
+        split=split,
+        require_images=require_images,
+        replace=replace,
+    )
+    console.print(f"imported {report.n_images} images and {report.n_captions} captions into {name!r} ({split})")
+    if report.n_missing:
+        console.print(
+            f"[yellow]{report.n_missing} image files are missing[/] (captions kept for text and metrics), e.g.:"
+        )
+        for path in report.missing_examples:
+            console.print(f"  {path}")
+
+
+@dataset.command()
+@click.argument("name")
+@click.option(
+    "--images", "n_images", type=click.IntRange(10), default=1000, show_default=True, help="Images over all splits."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--size", type=click.IntRange(32, 1024), default=224, show_default=True, help="Image side in pixels.")
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Default: $VICAP_HOME/datasets/NAME."
+)
+@click.option("--overwrite", is_flag=True, help="Regenerate and re-import if it exists.")
+def synth(name: str, n_images: int, seed: int, size: int, out_dir: Path | None, overwrite: bool) -> None:
+    """Generate the synthetic Vietnamese sports caption set and import its train/val/test splits.
+
+    Pillow-drawn scenes (football, tennis, basketball, baseball, volleyball;
+    1-3 players in one shirt colour; a ball left/middle/right) with 5 true
+    Vietnamese captions each, written in UIT-ViIC's COCO format.
+
+    Example:
+
+    \b
+        vicap-jobs dataset synth viic-synth --images 1000 --seed 0 --size 96
+    """
+    from vicap_jobs.services.datasets import create_synth_dataset
+
+    settings, db = open_store()
+    target = out_dir or settings.datasets_dir / name
+    with console.status(f"drawing {n_images} images into {target}"):
+        reports = create_synth_dataset(
+            db=db, name=name, n_images=n_images, seed=seed, size=size, out_dir=target, overwrite=overwrite
+        )
+    print_table(
+        f"data set {name}", ["split", "images", "captions"], [[r.split, r.n_images, r.n_captions] for r in reports]
+    )
+
+
+@dataset.command("list")
+def list_cmd() -> None:
+    """List data sets with their image counts per split.
+
+    Example:
+
+    \b
+        vicap-jobs dataset list
+    """
+    from vicap_jobs.services.datasets import list_datasets
+
+    _, db = open_store()
+    rows = list_datasets(db=db)
+    if not rows:
+        console.print("no data sets yet; `vicap-jobs dataset import ...` or `vicap-jobs dataset synth NAME`")
+        return
+    print_table(
+        "data sets",
+        ["name", "format", "train", "val", "test", "nightly"],
+        [
+            [d.name, d.format, *(_count(d, s) for s in ("train", "val", "test")), ",".join(d.nightly_splits) or "-"]
+            for d in rows
+        ],
+    )
+
+
+def _count(info, split: str) -> int | None:  # type: ignore[no-untyped-def]
+    return next((s.n_images for s in info.splits if s.split == split), None)
+
+
+@dataset.command()
+@click.argument("name")
+def show(name: str) -> None:
+    """Describe a data set: counts per split, captions per image, train vocabulary size.
+
+    Example:
+
+    \b
+        vicap-jobs dataset show uitviic
+    """
+    from vicap_jobs.services.datasets import describe_dataset
+
+    _, db = open_store()
+    info = describe_dataset(db=db, name=name)
+    print_table(
+        f"data set {info.name} ({info.format})",
+        ["split", "images", "captions", "min/img", "max/img", "files missing"],
+        [[s.split, s.n_images, s.n_captions, s.min_per_image, s.max_per_image, s.n_missing_files] for s in info.splits],
+    )
+    console.print(
+        f"train vocabulary (syllables): {info.vocabulary_size}; source: {info.source_path}; "
+        f"nightly re-evaluation: {', '.join(info.nightly_splits) or 'off'}"
+    )
+
+
+@dataset.command()
+@click.argument("name")
+@click.option("--split", "splits", multiple=True, type=click.Choice(["train", "val", "test"]), help="Repeatable.")
+@click.option("--off", is_flag=True, help="Stop re-evaluating this data set.")
+def nightly(name: str, splits: tuple[str, ...], off: bool) -> None:
+    """Choose which splits the nightly scheduler re-evaluates every model on.
+
+    Example:
+
+    \b
+        vicap-jobs dataset nightly uitviic --split test
+        vicap-jobs dataset nightly uitviic --off
+    """
+    from vicap_jobs.services.datasets import set_nightly_splits
+
+    if not off and not splits:
+        raise click.UsageError("give --split (repeatable) or --off")
+    _, db = open_store()
+    set_nightly_splits(db=db, name=name, splits=[] if off else list(splits))
+    console.print(f"nightly re-evaluation of {name!r}: {', '.join(splits) if not off else 'off'}")

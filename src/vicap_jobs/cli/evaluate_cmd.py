@@ -1,0 +1,67 @@
+"""``vicap-jobs evaluate``: score a model or a predictions file on a data set split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from vicap_jobs.cli.common import console, open_store, print_table
+
+
+@click.command()
+@click.option("--model", help="A registered model: caption the split with it, then score.")
+@click.option(
+    "--predictions",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help='A COCO results JSON ([{"image_id", "caption"}]) or CSV (image_id or file_name, caption).',
+)
+@click.option("--dataset", required=True)
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option(
+    "--tokenization",
+    type=click.Choice(["syllable", "word"]),
+    default="syllable",
+    show_default=True,
+    help="How captions are split into tokens for BLEU/ROUGE-L (stored with the scores).",
+)
+@click.option("--engine", "engine_name", help="Inference engine for --model (default: the family's, e.g. onnx).")
+def evaluate(
+    model: str | None, predictions: Path | None, dataset: str, split: str, tokenization: str, engine_name: str | None
+) -> None:
+    """Corpus BLEU-1..4 and ROUGE-L (COCO definitions) beside the blind baseline; stored in `evaluations`.
+
+    Example:
+
+    \b
+        vicap-jobs evaluate --model synth-attn --dataset viic-synth --split test
+        vicap-jobs evaluate --predictions results.json --dataset uitviic --split test
+    """
+    from vicap_jobs.services.evaluation import evaluate_model, evaluate_predictions
+
+    if (model is None) == (predictions is None):
+        raise click.UsageError("give exactly one of --model or --predictions")
+    _, db = open_store()
+    if model is not None:
+        with console.status(f"captioning {dataset} {split} with {model}"):
+            result = evaluate_model(
+                db=db, model=model, dataset=dataset, split=split, tokenization=tokenization, engine_name=engine_name
+            )
+        label = model
+    else:
+        result = evaluate_predictions(db=db, path=predictions, dataset=dataset, split=split, tokenization=tokenization)
+        label = str(predictions)
+    rows = [[label, *(100 * v for v in _five(result.scores)), result.scores.n_images]]
+    if result.baseline is not None:
+        rows.append(["blind baseline", *(100 * v for v in _five(result.baseline)), result.baseline.n_images])
+    print_table(
+        f"{dataset} {split} ({tokenization} tokens, × 100)",
+        ["", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "images"],
+        rows,
+    )
+    if result.baseline_caption:
+        console.print(f"blind baseline caption (chosen on train): “{result.baseline_caption}”")
+
+
+def _five(scores) -> tuple[float, ...]:  # type: ignore[no-untyped-def]
+    return scores.bleu_1, scores.bleu_2, scores.bleu_3, scores.bleu_4, scores.rouge_l

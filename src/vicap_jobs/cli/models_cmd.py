@@ -1,0 +1,103 @@
+"""``vicap-jobs models``: registered models and the families that can be trained."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from vicap_jobs.cli.common import console, open_store, print_table
+
+
+@click.group()
+def models() -> None:
+    """List registered models, show one, or list the model families.
+
+    Example:
+
+    \b
+        vicap-jobs models list
+        vicap-jobs models show demo-attn
+    """
+
+
+@models.command("list")
+def list_cmd() -> None:
+    """List registered models (name, family, backbone, ONNX export).
+
+    Example:
+
+    \b
+        vicap-jobs models list
+    """
+    from vicap_jobs.services.models import list_models
+
+    _, db = open_store()
+    rows = list_models(db=db)
+    if not rows:
+        console.print("no models yet; train one with `vicap-jobs train` or run `vicap-jobs demo`")
+        return
+    print_table(
+        "models",
+        ["name", "family", "backbone", "image size", "onnx", "created"],
+        [
+            [
+                m.name,
+                m.family,
+                m.backbone,
+                m.image_size,
+                "int8" if m.onnx_quantized else ("yes" if m.onnx_path else "no"),
+                m.created_at.strftime("%Y-%m-%d %H:%M"),
+            ]
+            for m in rows
+        ],
+    )
+
+
+@models.command()
+@click.argument("name")
+def show(name: str) -> None:
+    """Show one model's artifacts and hyper-parameters.
+
+    Example:
+
+    \b
+        vicap-jobs models show demo-attn
+    """
+    from vicap_jobs.services.models import resolve_model
+
+    _, db = open_store()
+    m = resolve_model(db=db, name=name)
+    print_table(
+        f"model {m.name}",
+        ["field", "value"],
+        [
+            ["family", m.family],
+            ["backbone", m.backbone],
+            ["image size", m.image_size],
+            ["tokenization", m.tokenization],
+            ["artifacts", m.artifact_dir],
+            ["onnx", m.onnx_path],
+            ["onnx int8", m.onnx_quantized],
+            ["created", m.created_at.isoformat(timespec="seconds")],
+        ],
+    )
+    console.print(json.dumps(m.hyperparameters, indent=2, ensure_ascii=False, default=str))
+
+
+@models.command()
+def families() -> None:
+    """List the model families the registry knows and their inference engines.
+
+    Example:
+
+    \b
+        vicap-jobs models families
+    """
+    from vicap_jobs.models.registry import family_names, get_family
+
+    print_table(
+        "model families",
+        ["family", "engines", "description"],
+        [[n, ", ".join(get_family(n).engines), get_family(n).description] for n in family_names()],
+    )

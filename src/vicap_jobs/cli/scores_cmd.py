@@ -1,0 +1,69 @@
+"""``vicap-jobs scores``: latest scores per model × data set × split beside the blind baseline."""
+
+from __future__ import annotations
+
+import click
+
+from vicap_jobs.cli.common import console, open_store, print_table
+
+
+@click.command()
+@click.option("--dataset", help="Only this data set.")
+def scores(dataset: str | None) -> None:
+    """Show the newest BLEU-1..4 / ROUGE-L of every model beside the blind baseline (scores × 100).
+
+    A model that does not beat the blind baseline (one constant caption chosen
+    on the train split) is not reading the image.
+
+    Example:
+
+    \b
+        vicap-jobs scores
+        vicap-jobs scores --dataset uitviic
+    """
+    from vicap_jobs.services.scores import baselines, latest_scores
+
+    _, db = open_store()
+    rows = latest_scores(db=db, dataset=dataset)
+    if not rows:
+        console.print("no evaluations yet; run `vicap-jobs evaluate --model NAME --dataset NAME --split test`")
+    else:
+        print_table(
+            "latest scores (× 100)",
+            [
+                "model",
+                "data set",
+                "split",
+                "tok.",
+                "BLEU-1",
+                "BLEU-2",
+                "BLEU-3",
+                "BLEU-4",
+                "ROUGE-L",
+                "images",
+                "baseline B4",
+                "baseline R-L",
+                "beats",
+            ],
+            [
+                [
+                    r.model or "(predictions file)",
+                    r.dataset,
+                    r.split,
+                    r.tokenization,
+                    *(100 * v for v in (r.bleu_1, r.bleu_2, r.bleu_3, r.bleu_4, r.rouge_l)),
+                    r.n_images,
+                    None if r.baseline_bleu_4 is None else 100 * r.baseline_bleu_4,
+                    None if r.baseline_rouge_l is None else 100 * r.baseline_rouge_l,
+                    {True: "yes", False: "NO", None: "-"}[r.beats_baseline],
+                ]
+                for r in rows
+            ],
+        )
+    base = [b for b in baselines(db=db) if dataset is None or b[0] == dataset]
+    if base:
+        print_table(
+            "blind baselines (× 100)",
+            ["data set", "split", "tok.", "BLEU-4", "ROUGE-L", "images"],
+            [[d, s, t, 100 * b4, 100 * rl, n] for d, s, t, b4, rl, n in base],
+        )

@@ -1,0 +1,39 @@
+"""``vicap-jobs train``: train a model in this process and register it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from vicap_jobs.cli.common import console, open_store
+from vicap_jobs.cli.train_options import options_from_cli, train_arguments
+
+
+@click.command()
+@train_arguments
+def train(**values: Any) -> None:
+    """Train model NAME on a data set here and now, and register it (tracked as a train job).
+
+    To run it on a worker instead, use `vicap-jobs submit train` with the same options.
+
+    Example:
+
+    \b
+        vicap-jobs train synth-attn --family cnn-lstm-attn --backbone tiny --dataset viic-synth --epochs 12
+        vicap-jobs train uit-dn201 --family cnn-lstm-attn --backbone densenet201 --dataset uitviic \\
+            --backbone-weights densenet201.pth --lr 5e-4
+    """
+    from vicap_jobs.services.training import create_train_job, run_train_job
+
+    name, family, dataset, options = options_from_cli(values)
+    _, db = open_store()
+    job_id = create_train_job(db=db, name=name, family=family, dataset=dataset, options=options)
+    console.print(f"train job {job_id}: {family} / {options['backbone']} on {dataset}")
+    run_train_job(db=db, job_id=job_id, progress_bar=True)
+    from vicap_jobs.services import jobs
+
+    console.print(f"model {name!r} registered ({jobs.get_job(db=db, job_id=job_id).progress_message})")
+    console.print(
+        f"next: vicap-jobs export onnx {name}  ·  vicap-jobs evaluate --model {name} --dataset {dataset} --split test"
+    )

@@ -1,0 +1,343 @@
+"""Evaluation: caption a data set split with a model, score it, store it beside the blind baseline.
+
+An evaluate job is a caption job over the split's images (same chunks, same
+writer, so its captions are exportable like any other) followed by corpus
+BLEU-1..4 / ROUGE-L against the split's references.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+
+from vicap_jobs.data.text import check_tokenization
+from vicap_jobs.db.session import session_scope
+from vicap_jobs.db.tables import SPLITS, Caption, Dataset, Evaluation, Image, Model
+from vicap_jobs.errors import DatasetFormatError, InputError, VicapError
+from vicap_jobs.metrics.scores import CaptionScores, score_captions
+from vicap_jobs.services import jobs
+from vicap_jobs.services.datasets import get_dataset, split_references
+from vicap_jobs.services.models import resolve_engine_name, resolve_model
+from vicap_jobs.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """A stored evaluation and the blind baseline it is reported beside."""
+
+    evaluation_id: int
+    scores: CaptionScores
+    baseline: CaptionScores | None
+    baseline_caption: str | None
+    job_id: int | None
+
+
+def _store_scores(
+    *,
+    db: Engine,
+    scores: CaptionScores,
+    dataset_id: int,
+    split: str,
+    model_id: int | None,
+    job_id: int | None,
+    is_baseline: bool,
+    source: str | None,
+) -> int:
+    with session_scope(db) as session:
+        row = Evaluation(
+            job_id=job_id,
+            model_id=model_id,
+            dataset_id=dataset_id,
+            split=split,
+            tokenization=scores.tokenization,
+            bleu_1=scores.bleu_1,
+            bleu_2=scores.bleu_2,
+            bleu_3=scores.bleu_3,
+            bleu_4=scores.bleu_4,
+            rouge_l=scores.rouge_l,
+            n_images=scores.n_images,
+            is_baseline=is_baseline,
+            source=source,
+        )
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def _scores_of(row: Evaluation) -> CaptionScores:
+    return CaptionScores(row.bleu_1, row.bleu_2, row.bleu_3, row.bleu_4, row.rouge_l, row.n_images, row.tokenization)
+
+
+def ensure_baseline(
+    *, db: Engine, dataset_id: int, split: str, tokenization: str, job_id: int | None = None, refresh: bool = False
+) -> tuple[CaptionScores, str] | None:
+    """The blind baseline for a split: one caption chosen on the TRAIN split, scored as a constant prediction.
+
+    Stored once per data set × split × tokenization (``refresh`` adds a new row,
+    as the nightly run does). None when the data set has no train split.
+    """
+    from vicap_jobs.metrics.baseline import choose_blind_baseline, evaluate_constant
+
+    if not refresh:
+        with session_scope(db) as session:
+            row = session.scalar(
+                select(Evaluation)
+                .where(
+                    Evaluation.dataset_id == dataset_id,
+                    Evaluation.split == split,
+                    Evaluation.is_baseline,
+                    Evaluation.tokenization == tokenization,
+                )
+                .order_by(Evaluation.created_at.desc(), Evaluation.id.desc())
+                .limit(1)
+            )
+            if row is not None:
+                return _scores_of(row), row.source or ""
+    train = split_references(db=db, dataset_id=dataset_id, split="train")
+    target = split_references(db=db, dataset_id=dataset_id, split=split)
+    if not train or not target:
+        log.warning(
+            "no blind baseline for data set %d %s: it needs a train split and a %s split", dataset_id, split, split
+        )
+        return None
+    choice = choose_blind_baseline(train, tokenization=tokenization)
+    scores = evaluate_constant(choice.caption, target, tokenization=tokenization)
+    _store_scores(
+        db=db,
+        scores=scores,
+        dataset_id=dataset_id,
+        split=split,
+        model_id=None,
+        job_id=job_id,
+        is_baseline=True,
+        source=choice.caption,
+    )
+    return scores, choice.caption
+
+
+def create_evaluate_job(
+    *,
+    db: Engine,
+    model: str,
+    dataset: str,
+    split: str,
+    tokenization: str = "syllable",
+    engine_name: str | None = None,
+    batch_size: int = 16,
+) -> int:
+    """A queued evaluate job; validated now so a typo fails at submit time, not in the worker."""
+    if split not in SPLITS:
+        raise InputError(f"--split must be one of {', '.join(SPLITS)}")
+    check_tokenization(tokenization)
+    model_ref = resolve_model(db=db, name=model)
+    ds = get_dataset(db=db, name=dataset)
+    engine = resolve_engine_name(model_ref, engine_name)
+    image_ids = _split_image_ids(db, ds.id, split)
+    if not image_ids:
+        raise InputError(f"data set {dataset!r} has no {split} images on disk to caption")
+    params = {
+        "model": model_ref.name,
+        "dataset": ds.name,
+        "split": split,
+        "tokenization": tokenization,
+        "engine": engine,
+        "batch_size": batch_size,
+    }
+    job_id = jobs.create_job(
+        db=db, kind="evaluate", params=params, model_id=model_ref.id, dataset_id=ds.id, total=len(image_ids)
+    )
+    jobs.create_chunks(db=db, job_id=job_id, image_ids=image_ids, chunk_size=get_settings().chunk_size)
+    return job_id
+
+
+def run_evaluate_job(*, db: Engine, job_id: int, engines=None) -> EvaluationResult | None:  # type: ignore[no-untyped-def]
+    """Caption the split (chunk by chunk, skipping done ones), score, store; sets the job's status."""
+    from vicap_jobs.pipeline.runner import EngineCache, run_chunk
+
+    job = jobs.get_job(db=db, job_id=job_id)
+    if job.status in ("succeeded", "cancelled"):
+        return None
+    jobs.mark_running(db=db, job_id=job_id)
+    try:
+        cache = engines or EngineCache(threads=get_settings().torch_threads)
+        for chunk_id in jobs.pending_chunk_ids(db=db, job_id=job_id):
+            outcome = run_chunk(db=db, chunk_id=chunk_id, engines=cache, worker_name=f"evaluate-{job_id}")
+            if outcome.status in ("failed", "cancelled"):
+                return None
+        result = score_job(db=db, job_id=job_id)
+    except VicapError as exc:
+        jobs.finish_job(db=db, job_id=job_id, status="failed", error=str(exc))
+        raise
+    except Exception as exc:
+        jobs.finish_job(db=db, job_id=job_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    jobs.set_progress(db=db, job_id=job_id, message=_summary_line(result))
+    jobs.finish_job(db=db, job_id=job_id, status="succeeded")
+    return result
+
+
+def score_job(*, db: Engine, job_id: int) -> EvaluationResult:
+    """Score an evaluate job's captions against its split (failed images count as empty captions)."""
+    job = jobs.get_job(db=db, job_id=job_id)
+    params = job.params
+    references = split_references(db=db, dataset_id=job.dataset_id, split=params["split"])
+    with session_scope(db) as session:
+        captions = dict(
+            session.execute(
+                select(Caption.image_id, Caption.text).where(Caption.job_id == job_id, Caption.status == "ok")
+            ).all()
+        )
+        planned = _split_image_ids(db, job.dataset_id, params["split"])
+    predictions = {image_id: captions.get(image_id) or "" for image_id in planned if image_id in references}
+    scores = score_captions(predictions, {k: references[k] for k in predictions}, tokenization=params["tokenization"])
+    evaluation_id = _store_scores(
+        db=db,
+        scores=scores,
+        dataset_id=job.dataset_id,
+        split=params["split"],
+        model_id=job.model_id,
+        job_id=job_id,
+        is_baseline=False,
+        source=None,
+    )
+    baseline = ensure_baseline(
+        db=db, dataset_id=job.dataset_id, split=params["split"], tokenization=params["tokenization"], job_id=job_id
+    )
+    return EvaluationResult(
+        evaluation_id, scores, baseline[0] if baseline else None, baseline[1] if baseline else None, job_id
+    )
+
+
+def evaluate_model(
+    *,
+    db: Engine,
+    model: str,
+    dataset: str,
+    split: str,
+    tokenization: str = "syllable",
+    engine_name: str | None = None,
+    batch_size: int = 16,
+) -> EvaluationResult:
+    """Evaluate in this process (the `evaluate` command); the same job rows as a queued evaluation."""
+    job_id = create_evaluate_job(
+        db=db,
+        model=model,
+        dataset=dataset,
+        split=split,
+        tokenization=tokenization,
+        engine_name=engine_name,
+        batch_size=batch_size,
+    )
+    result = run_evaluate_job(db=db, job_id=job_id)
+    if result is None:
+        raise VicapError(f"evaluation job {job_id} did not finish: {jobs.get_job(db=db, job_id=job_id).error}")
+    return result
+
+
+def evaluate_predictions(
+    *, db: Engine, path: Path, dataset: str, split: str, tokenization: str = "syllable"
+) -> EvaluationResult:
+    """Score an external predictions file (COCO results JSON or CSV) and store it (model_id NULL)."""
+    check_tokenization(tokenization)
+    ds = get_dataset(db=db, name=dataset)
+    references = split_references(db=db, dataset_id=ds.id, split=split)
+    if not references:
+        raise InputError(f"data set {dataset!r} has no {split} split")
+    by_coco, by_name = _image_keys(db, ds.id, split)
+    predictions: dict[int, str] = {}
+    for index, (key, caption) in enumerate(read_predictions(path)):
+        image_id = by_coco.get(key) if isinstance(key, int) else by_name.get(str(key)) or by_coco.get(_int_or_none(key))
+        if image_id is None:
+            raise DatasetFormatError(f"{path}: entry {index} names image {key!r}, which is not in {dataset!r} {split}")
+        predictions[image_id] = caption
+    scores = score_captions(predictions, references, tokenization=tokenization)
+    evaluation_id = _store_scores(
+        db=db,
+        scores=scores,
+        dataset_id=ds.id,
+        split=split,
+        model_id=None,
+        job_id=None,
+        is_baseline=False,
+        source=str(path),
+    )
+    baseline = ensure_baseline(db=db, dataset_id=ds.id, split=split, tokenization=tokenization)
+    return EvaluationResult(
+        evaluation_id, scores, baseline[0] if baseline else None, baseline[1] if baseline else None, None
+    )
+
+
+def read_predictions(path: Path) -> list[tuple[int | str, str]]:
+    """(image key, caption) pairs from ``[{"image_id", "caption"}]`` JSON or a CSV with image_id/file_name + caption."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"predictions file not found: {path}")
+    if path.suffix.lower() == ".csv":
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle)
+            fields = set(reader.fieldnames or [])
+            key = "image_id" if "image_id" in fields else "file_name" if "file_name" in fields else None
+            if key is None or "caption" not in fields:
+                raise DatasetFormatError(f"{path}: CSV needs columns image_id (or file_name) and caption")
+            return [(_int_or_none(row[key]) or row[key], row["caption"] or "") for row in reader]
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DatasetFormatError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    if not isinstance(data, list):
+        raise DatasetFormatError(f'{path}: expected a COCO results list [{{"image_id": ..., "caption": ...}}]')
+    pairs: list[tuple[int | str, str]] = []
+    for index, entry in enumerate(data):
+        if not isinstance(entry, dict) or "image_id" not in entry or "caption" not in entry:
+            raise DatasetFormatError(f"{path}: entry {index} needs 'image_id' and 'caption'")
+        pairs.append((entry["image_id"], str(entry["caption"])))
+    return pairs
+
+
+def nightly_targets(*, db: Engine) -> list[tuple[str, str, str]]:
+    """(model, data set, split) for every registered model × every split marked for nightly re-evaluation."""
+    with session_scope(db) as session:
+        models = list(session.scalars(select(Model.name).order_by(Model.name)))
+        datasets = [(d.name, d.nightly_splits or []) for d in session.scalars(select(Dataset).order_by(Dataset.name))]
+    return [(m, d, s) for m in models for d, splits in datasets for s in splits]
+
+
+def _split_image_ids(db: Engine, dataset_id: int, split: str) -> list[int]:
+    with session_scope(db) as session:
+        return list(
+            session.scalars(
+                select(Image.id)
+                .where(Image.dataset_id == dataset_id, Image.split == split, Image.sha256.is_not(None))
+                .order_by(Image.id)
+            )
+        )
+
+
+def _image_keys(db: Engine, dataset_id: int, split: str) -> tuple[dict[int, int], dict[str, int]]:
+    with session_scope(db) as session:
+        rows = session.execute(
+            select(Image.id, Image.coco_id, Image.file_name).where(Image.dataset_id == dataset_id, Image.split == split)
+        ).all()
+    return {c: i for i, c, _ in rows if c is not None}, {f: i for i, _, f in rows}
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _summary_line(result: EvaluationResult) -> str:
+    s = result.scores
+    text = f"BLEU-4 {100 * s.bleu_4:.1f} ROUGE-L {100 * s.rouge_l:.1f} on {s.n_images} images"
+    if result.baseline:
+        text += f" (blind baseline {100 * result.baseline.bleu_4:.1f} / {100 * result.baseline.rouge_l:.1f})"
+    return text

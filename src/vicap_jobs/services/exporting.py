@@ -1,0 +1,89 @@
+"""Exporting a registered model to ONNX (optionally int8), verified, recorded on its models row."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from vicap_jobs.errors import InputError, VicapError
+from vicap_jobs.models.registry import get_family
+from vicap_jobs.services import jobs
+from vicap_jobs.services.models import model_by_id, record_export, resolve_model
+
+log = logging.getLogger(__name__)
+
+QUANTIZE_CHOICES = ("int8",)
+CALIBRATION_IMAGES = 256
+
+
+def create_export_job(*, db: Engine, model: str, quantize: str | None = None) -> int:
+    ref = resolve_model(db=db, name=model)
+    if "onnx" not in get_family(ref.family).exportable:
+        raise InputError(
+            f"model {ref.name!r} ({ref.family}) has no ONNX export; it runs with the {get_family(ref.family).default_engine} engine"
+        )
+    if quantize not in (None, *QUANTIZE_CHOICES):
+        raise InputError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}")
+    return jobs.create_job(
+        db=db, kind="export", params={"model": ref.name, "quantize": quantize}, model_id=ref.id, total=1
+    )
+
+
+def run_export_job(*, db: Engine, job_id: int) -> Any:
+    """Export, verify torch vs onnxruntime parity, record the export; returns the export report."""
+    from vicap_jobs.export.onnx import export_and_verify
+
+    job = jobs.get_job(db=db, job_id=job_id)
+    if job.status in ("succeeded", "cancelled"):
+        return None
+    jobs.mark_running(db=db, job_id=job_id)
+    try:
+        ref = model_by_id(db=db, model_id=job.model_id)
+        quantize = job.params.get("quantize")
+        out_dir = Path(ref.artifact_dir) / "onnx"
+        calibration = _calibration_images(db, ref.dataset_id) if quantize else []
+        report = export_and_verify(Path(ref.artifact_dir), out_dir, quantize=quantize, calibration_images=calibration)
+        record_export(db=db, model_id=ref.id, onnx_path=str(out_dir), quantized=bool(quantize))
+    except VicapError as exc:
+        jobs.finish_job(db=db, job_id=job_id, status="failed", error=str(exc))
+        raise
+    except Exception as exc:
+        jobs.finish_job(db=db, job_id=job_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    jobs.set_progress(db=db, job_id=job_id, done=1, message=_describe(report))
+    jobs.finish_job(db=db, job_id=job_id, status="succeeded")
+    return report
+
+
+def export_model(*, db: Engine, model: str, quantize: str | None = None) -> Any:
+    """Export in this process (the `export onnx` command), tracked as a job like a queued one."""
+    return run_export_job(db=db, job_id=create_export_job(db=db, model=model, quantize=quantize))
+
+
+def _calibration_images(db: Engine, dataset_id: int | None) -> list[Path]:
+    """A few hundred training images of the model's data set, for static int8 calibration."""
+    from sqlalchemy import select
+
+    from vicap_jobs.db.session import session_scope
+    from vicap_jobs.db.tables import Image
+
+    if dataset_id is None:
+        raise InputError("int8 quantization needs calibration images; this model has no training data set recorded")
+    with session_scope(db) as session:
+        paths = session.scalars(
+            select(Image.path)
+            .where(Image.dataset_id == dataset_id, Image.split == "train", Image.sha256.is_not(None))
+            .order_by(Image.id)
+            .limit(CALIBRATION_IMAGES)
+        )
+        return [Path(p) for p in paths]
+
+
+def _describe(report: Any) -> str:
+    text = getattr(report, "summary", None)
+    if callable(text):
+        return str(text())
+    return str(text or report)

@@ -1,0 +1,68 @@
+"""Score reports: the latest score of every model × data set × split, beside the blind baseline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, text
+
+from vicap_jobs.db.session import session_scope
+
+
+@dataclass(frozen=True)
+class ScoreRow:
+    """One line of ``vicap-jobs scores``; scores on a 0..1 scale."""
+
+    model: str | None
+    family: str | None
+    dataset: str
+    split: str
+    tokenization: str
+    bleu_1: float
+    bleu_2: float
+    bleu_3: float
+    bleu_4: float
+    rouge_l: float
+    n_images: int
+    baseline_bleu_4: float | None
+    baseline_rouge_l: float | None
+
+    @property
+    def beats_baseline(self) -> bool | None:
+        if self.baseline_bleu_4 is None or self.baseline_rouge_l is None:
+            return None
+        return self.bleu_4 > self.baseline_bleu_4 and self.rouge_l > self.baseline_rouge_l
+
+
+LATEST_VS_BASELINE_SQL = """
+SELECT s.model_name, s.model_family, s.dataset_name, s.split, s.tokenization,
+       s.bleu_1, s.bleu_2, s.bleu_3, s.bleu_4, s.rouge_l, s.n_images,
+       b.bleu_4 AS baseline_bleu_4, b.rouge_l AS baseline_rouge_l
+FROM latest_scores AS s
+LEFT JOIN latest_scores AS b
+       ON b.is_baseline AND b.dataset_id = s.dataset_id AND b.split = s.split AND b.tokenization = s.tokenization
+WHERE NOT s.is_baseline
+ORDER BY s.dataset_name, s.split, s.bleu_4 DESC
+"""
+
+
+def latest_scores(*, db: Engine, dataset: str | None = None) -> list[ScoreRow]:
+    """Newest evaluation per model × data set × split × tokenization, with its baseline."""
+    with session_scope(db) as session:
+        rows = session.execute(text(LATEST_VS_BASELINE_SQL)).all()
+    result = [ScoreRow(*row) for row in rows]
+    return [r for r in result if dataset is None or r.dataset == dataset]
+
+
+def baselines(*, db: Engine) -> list[tuple[str, str, str, float, float, int]]:
+    """(data set, split, tokenization, BLEU-4, ROUGE-L, n_images) of the newest blind baselines."""
+    with session_scope(db) as session:
+        return [
+            tuple(row)  # type: ignore[misc]
+            for row in session.execute(
+                text(
+                    "SELECT dataset_name, split, tokenization, bleu_4, rouge_l, n_images FROM latest_scores "
+                    "WHERE is_baseline ORDER BY dataset_name, split"
+                )
+            ).all()
+        ]
