@@ -1,0 +1,99 @@
+"""No Docker engine runs here, so the deployment files are checked against the CLI and settings instead."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+
+from vicap_jobs.cli.main import cli
+from vicap_jobs.settings import Settings
+
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((DOCKER / "compose.yml").read_text())
+
+
+def _parses(args: list[str]) -> None:
+    """The arguments form a valid vicap-jobs command line (options, choices, required ones)."""
+    context = cli.make_context("vicap-jobs", list(args), resilient_parsing=False)
+    command = context.command
+    rest = context.protected_args + context.args
+    while isinstance(command, click.Group) and rest:
+        sub = command.get_command(context, rest[0])
+        assert sub is not None, f"unknown command {rest[0]!r} in {args}"
+        context = sub.make_context(rest[0], rest[1:], parent=context)
+        command, rest = sub, context.protected_args + context.args if isinstance(sub, click.Group) else []
+
+
+def test_core_services_present(compose: dict) -> None:
+    services = compose["services"]
+    for name in ("redis", "postgres", "migrate", "scheduler", "flower"):
+        assert name in services
+    assert [n for n in services if n.startswith("worker-gpu")] == ["worker-gpu0", "worker-gpu1"]
+
+
+def test_commands_are_valid_cli_invocations(compose: dict) -> None:
+    for name, service in compose["services"].items():
+        if (
+            service.get("image", "").startswith("vicap-jobs")
+            and "entrypoint" not in service
+            and "--help" not in service["command"]
+        ):
+            _parses(service["command"])
+
+
+def test_one_worker_per_gpu_matches_its_device(compose: dict) -> None:
+    for name, service in compose["services"].items():
+        match = re.fullmatch(r"worker-gpu(\d+)", name)
+        if not match:
+            continue
+        index = match.group(1)
+        assert service["command"] == ["worker", "--gpu", index]
+        devices = service["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["device_ids"] == [index]
+        assert f"gpu{index}@" in " ".join(service["healthcheck"]["test"])
+
+
+def test_environment_names_real_settings(compose: dict) -> None:
+    fields = {f"VICAP_{name.upper()}" for name in Settings.model_fields}
+    for service in compose["services"].values():
+        for key in service.get("environment") or {}:
+            if key.startswith("VICAP_"):
+                assert key in fields, f"{key} is not a setting"
+    env = compose["services"]["worker-gpu0"]["environment"]
+    Settings(**{k.removeprefix("VICAP_").lower(): v for k, v in env.items()})  # validates URLs
+
+
+def test_migrate_waits_for_database_and_workers_wait_for_migrate(compose: dict) -> None:
+    services = compose["services"]
+    assert services["migrate"]["command"] == ["db", "upgrade"]
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in ("worker-gpu0", "worker-gpu1", "scheduler", "flower"):
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_healthchecks_and_localhost_only_flower(compose: dict) -> None:
+    services = compose["services"]
+    for name in ("redis", "postgres", "worker-gpu0", "flower"):
+        assert "healthcheck" in services[name], name
+    assert all(port.startswith("127.0.0.1:") for port in services["flower"]["ports"])
+
+
+def test_volumes_for_home_and_photos(compose: dict) -> None:
+    volumes = compose["services"]["worker-gpu0"]["volumes"]
+    assert any(v.endswith(":/var/lib/vicap-jobs") for v in volumes)
+    assert any(":/photos" in v for v in volumes)
+
+
+def test_dockerfile_entrypoint_and_variants() -> None:
+    text = (DOCKER / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["vicap-jobs"]' in text
+    assert "ARG VARIANT=gpu" in text and "base-cpu" in text and "base-gpu" in text
+    assert "VICAP_HOME=/var/lib/vicap-jobs" in text
