@@ -1,0 +1,117 @@
+"""Run every benchmark script and write bench/results/REPORT.md.
+
+Each script writes its own ``bench/results/<name>.json``; this collects them
+with the machine and library versions into one Markdown report.
+
+    python bench/run_all.py            # all benchmarks
+    python bench/run_all.py --only bulk_caption --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+
+#: name → (script arguments, what the ratio compares)
+BENCHMARKS: dict[str, tuple[list[str], str]] = {
+    "bulk_caption": (
+        ["bulk_caption.py", "--n-images", "64"],
+        "onnxruntime vs torch eager, densenet201 attention, 224 px, end to end",
+    ),
+    "train_epoch": (["train_epoch.py"], "teacher forcing vs the seed's prefix expansion, seconds per epoch"),
+    "queue_overhead": (["queue_overhead.py"], "1,000 images through Redis + 1 worker vs the same engine in-process"),
+    "worker_rss": (
+        ["worker_rss.py", "--images", "5000"],
+        "worker memory while captioning 5,000 images (must stay flat)",
+    ),
+}
+
+VERSIONS = ("torch", "torchvision", "onnxruntime", "celery", "kombu", "sqlalchemy", "transformers")
+
+
+def run(name: str) -> tuple[int, float]:
+    args, _ = BENCHMARKS[name]
+    started = time.perf_counter()
+    print(f"== {name}: {' '.join(args)}", flush=True)
+    code = subprocess.call([sys.executable, str(BENCH / args[0]), *args[1:]], cwd=BENCH.parent)
+    return code, time.perf_counter() - started
+
+
+def render(statuses: dict[str, tuple[int, float]]) -> str:
+    facts = machine()
+    lines = [
+        "# Benchmark report",
+        "",
+        f"Machine: {facts['cpu']}, {facts['cores']} cores, no GPU; Python {facts['python']}.",
+        "Versions: " + ", ".join(f"{p} {_version(p)}" for p in VERSIONS) + ".",
+        "Produced by `python bench/run_all.py`; each benchmark's raw numbers are in the JSON file beside this report.",
+        "",
+    ]
+    for name, (_, description) in BENCHMARKS.items():
+        path = RESULTS / f"{name}.json"
+        lines += [f"## {name}", "", description + ".", ""]
+        if name in statuses and statuses[name][0] != 0:
+            lines += [f"**The last run failed** (exit code {statuses[name][0]}); numbers below, if any, are older.", ""]
+        if not path.exists():
+            lines += ["No result yet.", ""]
+            continue
+        data = json.loads(path.read_text())
+        lines += [f"Measured {data.get('when', '?')}.", "", "| metric | value |", "|---|---|"]
+        for key, value in _flatten(data):
+            if key.startswith(("machine", "benchmark", "when")):
+                continue
+            lines.append(f"| {key} | {value} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _flatten(data: dict, prefix: str = "") -> list[tuple[str, object]]:
+    items: list[tuple[str, object]] = []
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict):
+            items += _flatten(value, full + ".")
+        elif isinstance(value, list):
+            if len(value) <= 8 and all(not isinstance(v, dict | list) for v in value):
+                items.append((full, ", ".join(map(str, value))))
+        else:
+            items.append((full, round(value, 3) if isinstance(value, float) else value))
+    return items
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the benchmarks and write bench/results/REPORT.md.")
+    parser.add_argument("--only", nargs="*", choices=list(BENCHMARKS), help="Run only these.")
+    parser.add_argument(
+        "--report-only", action="store_true", help="Do not run anything; rebuild the report from the JSON files."
+    )
+    args = parser.parse_args()
+    statuses: dict[str, tuple[int, float]] = {}
+    if not args.report_only:
+        for name in args.only or list(BENCHMARKS):
+            statuses[name] = run(name)
+    report = render(statuses)
+    (RESULTS / "REPORT.md").write_text(report + "\n")
+    print(report)
+    sys.exit(1 if any(code for code, _ in statuses.values()) else 0)
+
+
+if __name__ == "__main__":
+    main()
