@@ -1,0 +1,260 @@
+"""Image decoding and preprocessing shared by training and every inference engine.
+
+Training, the torch/onnx/int8 engines and the bulk pipeline all call `load_rgb` and
+`preprocess` from here, so a model sees exactly the pixels it was trained on.
+Every decoding failure becomes an `ImageError` with a short reason (never a raw
+Pillow traceback), so the pipeline can record it per item and move on.
+
+No torch import here: engines turn the numpy batch into whatever they need.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import stat
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from vicap_jobs.errors import ImageError
+
+log = logging.getLogger(__name__)
+
+MAX_PIXELS = 64_000_000
+"""Largest image (width × height) we decode: 64 MP is ~200 MB as RGB; anything
+bigger is either a decompression bomb or a scan no captioner needs at full size."""
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+_HASH_BLOCK = 1 << 20
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_WIDE_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+# What Pillow raises while parsing headers or decoding broken data.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error)
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Decode an image file into a fully loaded 8-bit RGB image, upright as displayed.
+
+    Applies the EXIF orientation, keeps the first frame of animations, composites
+    transparency on white and maps every other pixel mode to RGB.
+    Raises ImageError with a short reason for anything that is not a safe, readable image.
+    """
+    path = Path(path)
+    _check_regular_file(path)
+    try:
+        with _open_checked(path) as im:
+            _decode_first_frame(im)
+            upright = _upright_copy(im)
+    except ImageError:
+        raise
+    except OSError as exc:  # opened fine, then the file vanished or became unreadable
+        raise ImageError(f"cannot read file: {exc.strerror or exc}") from exc
+    return _to_rgb8(upright)
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) as displayed (EXIF rotation applied), read from the header only.
+
+    Nothing is decoded, so this is cheap and safe even for decompression bombs;
+    returns None when the file is not a readable image.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            orientation = _exif_orientation(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return _probe_size_unchecked(path)
+    except (UnidentifiedImageError, *_DECODE_ERRORS):
+        return None
+    if orientation in _SWAPPING_ORIENTATIONS:
+        return height, width
+    return width, height
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks so large files never sit in memory."""
+    digest = hashlib.sha256()
+    try:
+        with Path(path).open("rb") as fh:
+            while block := fh.read(_HASH_BLOCK):
+                digest.update(block)
+    except OSError as exc:
+        raise ImageError(f"cannot read file: {exc.strerror or exc}") from exc
+    return digest.hexdigest()
+
+
+def preprocess(images: Sequence[Image.Image], size: int) -> np.ndarray:
+    """Turn RGB images into a normalized float32 batch of shape (B, 3, size, size).
+
+    Each image is resized to size×size (aspect ratio not kept, no crop, like the BLIP
+    and CLIP processors) with bicubic resampling: the interpolation the ImageNet/CLIP
+    backbones were pretrained with, and Pillow's bicubic antialiases when shrinking.
+    Pixels are scaled to [0, 1], then normalized with the ImageNet mean and std.
+    """
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    batch = np.empty((len(images), size, size, 3), dtype=np.uint8)  # (B, H, W, C)
+    for i, image in enumerate(images):
+        if image.mode != "RGB":
+            raise ValueError(f"preprocess expects RGB images (use load_rgb), got mode {image.mode!r}")
+        resized = image.resize((size, size), Image.Resampling.BICUBIC)
+        batch[i] = np.asarray(resized, dtype=np.uint8)
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
+    std = np.asarray(IMAGENET_STD, dtype=np.float32)
+    normalized = (batch.astype(np.float32) / 255.0 - mean) / std  # (B, H, W, C)
+    return np.ascontiguousarray(normalized.transpose(0, 3, 1, 2))  # (B, C, H, W)
+
+
+def _check_regular_file(path: Path) -> None:
+    """Reject missing, special and empty files before Pillow sees them (a FIFO would block)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError as exc:
+        raise ImageError("file not found") from exc
+    except OSError as exc:
+        raise ImageError(f"cannot read file: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageError("not a regular file")
+    if info.st_size == 0:
+        raise ImageError("empty file")
+
+
+def _open_checked(path: Path) -> Image.Image:
+    """Open lazily (header only) and refuse images over MAX_PIXELS before any decoding."""
+    try:
+        im = Image.open(path)
+    except UnidentifiedImageError as exc:
+        raise ImageError("not an image (cannot identify format)") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow refused on its own (stricter) limit; report the real size if we can read it.
+        size = _probe_size_unchecked(path)
+        raise ImageError(_too_large_message(size) if size else f"image too large to decode safely: {exc}") from exc
+    except OSError as exc:
+        raise ImageError(f"cannot read file: {exc.strerror or exc}") from exc
+    except _DECODE_ERRORS as exc:
+        raise ImageError(f"corrupt image header: {_reason(exc)}") from exc
+    width, height = im.size
+    if width * height > MAX_PIXELS:
+        im.close()
+        raise ImageError(_too_large_message((width, height)))
+    if width <= 0 or height <= 0:
+        im.close()
+        raise ImageError(f"image has no pixels ({width}×{height})")
+    return im
+
+
+def _decode_first_frame(im: Image.Image) -> None:
+    """Decode the current (first) frame into memory; animations keep only that frame."""
+    try:
+        im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"image too large to decode safely: {exc}") from exc
+    except _DECODE_ERRORS as exc:
+        raise ImageError(f"truncated or corrupt image data: {_reason(exc)}") from exc
+
+
+def _upright_copy(im: Image.Image) -> Image.Image:
+    """A copy detached from the file, rotated/flipped as its EXIF orientation says.
+
+    Runs on the opened file so each format plugin reads its own EXIF; a broken EXIF
+    block only loses the rotation, it does not fail the image.
+    """
+    try:
+        upright = ImageOps.exif_transpose(im)
+    except _DECODE_ERRORS + (KeyError,) as exc:
+        log.debug("ignoring unreadable EXIF orientation: %s", exc)
+        return im.copy()
+    return upright if upright is not None else im.copy()
+
+
+def _to_rgb8(image: Image.Image) -> Image.Image:
+    """Map any Pillow mode to 8-bit RGB: alpha over white, 16/32-bit scaled down, CMYK/P/L converted."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _WIDE_MODES:
+        return _wide_to_rgb8(image)
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        return _composite_on_white(image)
+    try:
+        return image.convert("RGB")
+    except ValueError as exc:
+        raise ImageError(f"unsupported pixel mode {mode!r}") from exc
+
+
+def _composite_on_white(image: Image.Image) -> Image.Image:
+    """Flatten transparency onto a white background (captions describe what a viewer sees)."""
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _wide_to_rgb8(image: Image.Image) -> Image.Image:
+    """Scale 16-bit, 32-bit int or float grayscale to 8 bits, then replicate to RGB.
+
+    16-bit modes use the full 0..65535 range; 32-bit "I"/"F" are ambiguous, so values
+    up to 255 are kept, up to 65535 treated as 16-bit, and anything else min-max scaled.
+    """
+    values = np.asarray(image, dtype=np.float64)
+    high = float(values.max()) if values.size else 0.0
+    if image.mode.startswith("I;16") or 255.0 < high <= 65535.0:
+        scaled = values / 257.0
+    elif high <= 255.0 and float(values.min()) >= 0.0:
+        scaled = values
+    else:
+        low = float(values.min())
+        scaled = (values - low) * (255.0 / max(high - low, 1e-12))
+    gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray).convert("RGB")
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1 when absent or unreadable); reads the header only."""
+    try:
+        return int(im.getexif().get(ExifTags.Base.Orientation, 1))
+    except _DECODE_ERRORS + (KeyError,):
+        return 1
+
+
+def _probe_size_unchecked(path: Path) -> tuple[int, int] | None:
+    """Stored size read through Pillow's format plugins, skipping its bomb check.
+
+    Used only after Pillow refused a file as a decompression bomb, so the error can
+    name the real dimensions; plugins parse headers only, nothing is decoded.
+    """
+    Image.init()
+    try:
+        with path.open("rb") as fp:
+            prefix = fp.read(16)
+            for fmt in Image.ID:
+                factory, accept = Image.OPEN[fmt]
+                accepted = accept(prefix) if accept else True
+                if not accepted or isinstance(accepted, str):
+                    continue
+                fp.seek(0)
+                try:
+                    return factory(fp, path.name).size
+                except _DECODE_ERRORS:
+                    continue
+    except OSError:
+        return None
+    return None
+
+
+def _too_large_message(size: tuple[int, int]) -> str:
+    width, height = size
+    return f"image is {width}×{height} pixels, over the {MAX_PIXELS // 1_000_000} MP limit"
+
+
+def _reason(exc: BaseException) -> str:
+    """One-line reason from a Pillow exception (its message, or its class name when empty)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
