@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 
 from rich.console import Console
@@ -10,7 +11,8 @@ from sqlalchemy import Engine
 
 from vicap_jobs.settings import Settings, get_settings
 
-console = Console(highlight=False)
+# Piped output (files, CI logs, tests) is not squeezed into 80 columns.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, highlight=False)
 
 
@@ -24,7 +26,7 @@ def open_store() -> tuple[Settings, Engine]:
 
 def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     """A plain table; numbers right-aligned."""
-    table = Table(title=title, show_lines=False)
+    table = Table(title=title, show_lines=False, title_justify="left")
     materialized = [list(r) for r in rows]
     for i, name in enumerate(columns):
         numeric = bool(materialized) and all(isinstance(r[i], int | float) or r[i] is None for r in materialized)
@@ -38,5 +40,5 @@ def _fmt(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.2f}"
+        return f"{value:.1f}"
     return str(value)
