@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vicap_jobs.errors import ConfigError
 
-SUPPORTED_DB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
+SUPPORTED_DB_SCHEMES = ("sqlite", "postgresql", "postgres", "postgresql+psycopg")
 SUPPORTED_BROKER_SCHEMES = ("redis", "rediss", "sqla+sqlite", "filesystem", "memory")
 
 
@@ -64,9 +64,9 @@ class Settings(BaseSettings):
         scheme = value.split("://", 1)[0] if "://" in value else ""
         if scheme not in SUPPORTED_DB_SCHEMES:
             raise ValueError(
-                f"VICAP_DATABASE_URL must start with one of {', '.join(s + '://' for s in SUPPORTED_DB_SCHEMES)}; got {value!r}"
+                f"VICAP_DATABASE_URL must start with one of {', '.join(s + '://' for s in SUPPORTED_DB_SCHEMES)}; got {mask_password(value)!r}"
             )
-        if scheme == "postgresql":  # the driver installed with vicap-jobs is psycopg 3
+        if scheme in ("postgresql", "postgres"):  # the driver installed with vicap-jobs is psycopg 3
             value = "postgresql+psycopg://" + value.split("://", 1)[1]
         return value
 
@@ -78,7 +78,7 @@ class Settings(BaseSettings):
         scheme = value.split("://", 1)[0] if "://" in value else ""
         if scheme not in SUPPORTED_BROKER_SCHEMES:
             raise ValueError(
-                f"VICAP_BROKER_URL must start with one of {', '.join(s + '://' for s in SUPPORTED_BROKER_SCHEMES)}; got {value!r}"
+                f"VICAP_BROKER_URL must start with one of {', '.join(s + '://' for s in SUPPORTED_BROKER_SCHEMES)}; got {mask_password(value)!r}"
             )
         return value
 

@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
@@ -74,6 +75,8 @@ def ensure_schema(engine: Engine, url: str) -> None:
 def _run(action, url: str) -> None:  # type: ignore[no-untyped-def]
     try:
         action()
+    except CommandError as exc:  # unknown revision, nothing to downgrade, ...
+        raise StoreError(f"migration failed: {exc}") from None
     except SQLAlchemyError as exc:
         raise StoreError(f"migration failed on {url.split('@')[-1]}: {_first_line(exc)}") from None
 

@@ -47,8 +47,9 @@ def write_results(
                     error=None if ok else (result.error or "no caption produced"),
                 )
                 .on_conflict_do_nothing(index_elements=["job_id", "image_id"])
+                .returning(Caption.id)  # rowcount is -1 for this statement on PostgreSQL
             )
-            inserted = session.execute(statement).rowcount
+            inserted = session.execute(statement).scalar_one_or_none() is not None
             if inserted:
                 n_ok += ok
                 n_failed += not ok
