@@ -154,3 +154,25 @@ def test_invalid_arguments() -> None:
         greedy_decode(table_step(MYOPIC), start_state(1), batch_size=1, bos_id=BOS, eos_id=EOS, max_len=0)
     with pytest.raises(InputError):
         beam_search(table_step(MYOPIC), start_state(1), batch_size=1, beam_size=0, max_len=3, bos_id=BOS, eos_id=EOS)
+
+
+def test_banned_tokens_are_never_emitted() -> None:
+    from vicap_jobs.models.decoding import ban_tokens
+
+    vocab = 6
+
+    def prefers_pad(
+        tokens: torch.Tensor, state: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        logits = torch.zeros(tokens.shape[0], vocab)
+        logits[:, 0] = 5.0  # PAD
+        logits[:, 1] = 4.0  # BOS
+        logits[:, 4] = 3.0
+        logits[:, 2] = 2.0 if tokens[0].item() == 4 else -1.0  # EOS after one real token
+        return logits, state
+
+    state = (torch.zeros(2, 1),)
+    assert greedy_decode(prefers_pad, state, batch_size=2, bos_id=1, eos_id=2, max_len=5)[0][0] == 0
+    banned = ban_tokens(prefers_pad, (0, 1))
+    assert greedy_decode(banned, state, batch_size=2, bos_id=1, eos_id=2, max_len=5) == [[4, 4, 4, 4, 4]] * 2
+    assert beam_search(banned, state, batch_size=2, beam_size=2, max_len=5, bos_id=1, eos_id=2)[0][0] == 4

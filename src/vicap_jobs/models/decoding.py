@@ -20,6 +20,24 @@ DecoderState = tuple[torch.Tensor, ...]
 StepFn = Callable[[torch.Tensor, DecoderState], tuple[torch.Tensor, DecoderState]]
 
 
+def ban_tokens(step_fn: StepFn, banned: tuple[int, ...]) -> StepFn:
+    """A step function that never emits ``banned`` ids (e.g. PAD and BOS, which no caption contains).
+
+    Without it an under-trained model can loop on PAD or BOS, which the
+    vocabulary then silently drops, leaving a short or empty caption.
+    """
+    if not banned:
+        return step_fn
+
+    def banned_step(tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
+        logits, state = step_fn(tokens, state)
+        logits = logits.clone()
+        logits[:, list(banned)] = float("-inf")
+        return logits, state
+
+    return banned_step
+
+
 def _check(batch_size: int, max_len: int, beam_size: int = 1) -> None:
     if batch_size < 1 or max_len < 1 or beam_size < 1:
         raise InputError(

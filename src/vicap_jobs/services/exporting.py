@@ -34,7 +34,7 @@ def create_export_job(*, db: Engine, model: str, quantize: str | None = None) ->
 
 def run_export_job(*, db: Engine, job_id: int) -> Any:
     """Export, verify torch vs onnxruntime parity, record the export; returns the export report."""
-    from vicap_jobs.export.onnx import export_and_verify
+    from vicap_jobs.export.verify import export_and_verify
 
     job = jobs.get_job(db=db, job_id=job_id)
     if job.status in ("succeeded", "cancelled"):
@@ -45,8 +45,12 @@ def run_export_job(*, db: Engine, job_id: int) -> Any:
         quantize = job.params.get("quantize")
         out_dir = Path(ref.artifact_dir) / "onnx"
         calibration = _calibration_images(db, ref.dataset_id) if quantize else []
-        report = export_and_verify(Path(ref.artifact_dir), out_dir, quantize=quantize, calibration_images=calibration)
-        record_export(db=db, model_id=ref.id, onnx_path=str(out_dir), quantized=bool(quantize))
+        eval_fn = _test_bleu_4(db, ref.dataset_id) if quantize else None
+        report = export_and_verify(
+            Path(ref.artifact_dir), out_dir, quantize=quantize, calibration_images=calibration, eval_fn=eval_fn
+        )
+        served = report.quantize.int8_dir if report.quantize is not None else out_dir
+        record_export(db=db, model_id=ref.id, onnx_path=str(served), quantized=bool(quantize))
     except VicapError as exc:
         jobs.finish_job(db=db, job_id=job_id, status="failed", error=str(exc))
         raise
@@ -80,6 +84,42 @@ def _calibration_images(db: Engine, dataset_id: int | None) -> list[Path]:
             .limit(CALIBRATION_IMAGES)
         )
         return [Path(p) for p in paths]
+
+
+def _test_bleu_4(db: Engine, dataset_id: int | None, limit: int = 300):  # type: ignore[no-untyped-def]
+    """A callback scoring an engine's captions on the model's test split (BLEU-4), to report what int8 costs."""
+    from vicap_jobs.data.images import load_rgb
+    from vicap_jobs.metrics.scores import score_captions
+    from vicap_jobs.services.datasets import split_references
+
+    if dataset_id is None:
+        return None
+    references = split_references(db=db, dataset_id=dataset_id, split="test")
+    from sqlalchemy import select
+
+    from vicap_jobs.db.session import session_scope
+    from vicap_jobs.db.tables import Image
+
+    with session_scope(db) as session:
+        rows = session.execute(
+            select(Image.id, Image.path)
+            .where(Image.dataset_id == dataset_id, Image.split == "test", Image.sha256.is_not(None))
+            .order_by(Image.id)
+            .limit(limit)
+        ).all()
+    if not rows:
+        return None
+
+    def bleu_4(engine: Any) -> float:
+        predictions: dict[int, str] = {}
+        for start in range(0, len(rows), 16):
+            batch = rows[start : start + 16]
+            texts = engine.caption([load_rgb(Path(path)) for _, path in batch])
+            predictions.update({image_id: text for (image_id, _), text in zip(batch, texts, strict=True)})
+        scores = score_captions(predictions, {k: references[k] for k in predictions}, tokenization="syllable")
+        return scores.bleu_4
+
+    return bleu_4
 
 
 def _describe(report: Any) -> str:
