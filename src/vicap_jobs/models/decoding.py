@@ -114,7 +114,11 @@ def beam_search(
     done = [False] * batch_size
 
     for step in range(max_len):
+        previous = state
         logits, state = step_fn(tokens, state)
+        # Parts the step hands back untouched (attention memory) are the same for every beam of an
+        # image, and beams never move between images, so they need no reordering (saves a copy a step).
+        unchanged = tuple(new is old for new, old in zip(state, previous, strict=True))
         log_probs = torch.log_softmax(logits.float(), dim=-1)  # (B*K, V)
         vocab = log_probs.shape[1]
         candidates = (scores.reshape(-1, 1) + log_probs).reshape(batch_size, k * vocab)  # (B, K*V)
@@ -151,7 +155,9 @@ def beam_search(
         if all(done):
             break
         index = torch.tensor(sources, dtype=torch.long, device=device)
-        state = tuple(part.index_select(0, index) for part in state)
+        state = tuple(
+            part if same else part.index_select(0, index) for part, same in zip(state, unchanged, strict=True)
+        )
         tokens = torch.tensor(next_tokens, dtype=torch.long, device=device)
         scores = torch.tensor(next_scores, device=device).reshape(batch_size, k)
         sequences = [sequences[source] + [token] for source, token in zip(sources, next_tokens, strict=True)]
