@@ -1,0 +1,52 @@
+"""``vicap-jobs captions``: export a job's captions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from vicap_jobs.cli.common import err_console, open_store
+
+
+@click.group()
+def captions() -> None:
+    """Get generated captions out of the store (or query the `captions` table with SQL).
+
+    Example:
+
+    \b
+        vicap-jobs captions export 12 --format csv --out captions.csv
+    """
+
+
+@captions.command()
+@click.argument("job_id", type=int)
+@click.option(
+    "--format", "fmt", type=click.Choice(["coco-json", "csv", "jsonl"]), default="coco-json", show_default=True
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Output file (default: stdout)."
+)
+def export(job_id: int, fmt: str, out: Path | None) -> None:
+    """Export the captions of caption or evaluate job JOB_ID.
+
+    `coco-json` is the COCO results format `[{"image_id", "caption"}]` with the
+    original COCO image ids of COCO-imported data sets, ready for pycocotools'
+    `COCO.loadRes` and pycocoevalcap's `COCOEvalCap`; it lists captioned images
+    only. `csv` and `jsonl` list every image, with status and error reason.
+
+    Example:
+
+    \b
+        vicap-jobs captions export 12 --format coco-json --out results.json
+        vicap-jobs captions export 12 --format jsonl | head
+    """
+    from vicap_jobs.services.captions_export import export_captions
+
+    _, db = open_store()
+    text, n_rows = export_captions(db=db, job_id=job_id, fmt=fmt, out=out)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        err_console.print(f"{n_rows} caption(s) of job {job_id} written to {out}")

@@ -1,0 +1,156 @@
+"""``vicap-jobs jobs``: list, show, cancel and retry jobs."""
+
+from __future__ import annotations
+
+import click
+
+from vicap_jobs.cli.common import console, err_console, open_store, print_table
+
+
+@click.group()
+def jobs() -> None:
+    """Follow and control queued and running jobs.
+
+    Example:
+
+    \b
+        vicap-jobs jobs list
+        vicap-jobs jobs show 12
+        vicap-jobs jobs cancel 12
+    """
+
+
+@jobs.command("list")
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="Newest jobs to show.")
+@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]), default=None)
+def list_(limit: int, status: str | None) -> None:
+    """List the newest jobs with their progress.
+
+    Example:
+
+    \b
+        vicap-jobs jobs list --limit 50
+        vicap-jobs jobs list --status running
+    """
+    from vicap_jobs.services.jobs import list_jobs
+    from vicap_jobs.worker.dispatch import live_workers
+
+    _, db = open_store()
+    rows = list_jobs(db=db, limit=limit, status=status)
+    print_table(
+        "jobs",
+        ["id", "kind", "status", "done", "total", "failed", "created", "note"],
+        [
+            (
+                s.id,
+                s.kind,
+                s.status,
+                s.done,
+                s.total,
+                s.failed,
+                s.created_at.strftime("%Y-%m-%d %H:%M"),
+                _note(s),
+            )
+            for s in rows
+        ],
+    )
+    workers = live_workers(db=db)
+    console.print(f"live workers: {', '.join(workers) if workers else 'none'}")
+
+
+@jobs.command()
+@click.argument("job_id", type=int)
+def show(job_id: int) -> None:
+    """Show one job: progress, throughput, chunks, and errors grouped by reason.
+
+    Example:
+
+    \b
+        vicap-jobs jobs show 12
+    """
+    from vicap_jobs.services.jobs import job_summary
+
+    _, db = open_store()
+    s = job_summary(db=db, job_id=job_id)
+    rows: list[tuple[str, object]] = [
+        ("kind", s.kind),
+        ("status", s.status),
+        ("progress", f"{s.done}/{s.total}" + (f" ({100 * s.done / s.total:.0f}%)" if s.total else "")),
+        ("failed", s.failed),
+        ("throughput", f"{s.throughput:.2f}/s" if s.throughput else None),
+        ("elapsed", f"{s.seconds:.1f}s" if s.seconds else None),
+        ("created", s.created_at.isoformat(timespec="seconds")),
+        ("started", s.started_at.isoformat(timespec="seconds") if s.started_at else None),
+        ("finished", s.finished_at.isoformat(timespec="seconds") if s.finished_at else None),
+        ("worker", s.worker_host),
+        ("device", s.device),
+        ("message", s.progress_message),
+        ("error", s.error),
+    ]
+    if s.chunks:
+        rows.append(("chunks", ", ".join(f"{n} {state}" for state, n in sorted(s.chunks.items()))))
+    for key in ("folder", "model", "engine", "dataset", "split", "name", "family"):
+        if s.params.get(key) is not None:
+            rows.append((key, s.params[key]))
+    print_table(f"job {s.id}", ["field", "value"], [(k, v) for k, v in rows if v is not None])
+    if s.errors_by_reason:
+        print_table("errors by reason", ["reason", "images"], s.errors_by_reason)
+
+
+@jobs.command()
+@click.argument("job_id", type=int)
+def cancel(job_id: int) -> None:
+    """Cancel a job: queued chunks are revoked, a running chunk stops at its next batch.
+
+    Example:
+
+    \b
+        vicap-jobs jobs cancel 12
+    """
+    from vicap_jobs.services.jobs import cancel_job
+    from vicap_jobs.worker.dispatch import revoke
+
+    _, db = open_store()
+    task_ids = cancel_job(db=db, job_id=job_id)
+    revoke(task_ids)
+    console.print(f"job {job_id} cancelled ({len(task_ids)} queued task(s) revoked)")
+
+
+@jobs.command()
+@click.argument("job_id", type=int)
+def retry(job_id: int) -> None:
+    """Re-run only the failed or missing images of a finished caption job.
+
+    Example:
+
+    \b
+        vicap-jobs jobs retry 12
+    """
+    from vicap_jobs.services.jobs import get_job, retry_job
+    from vicap_jobs.worker.dispatch import (
+        enqueue_chunks,
+        enqueue_job,
+        live_workers,
+        queue_for_params,
+        start_worker_hint,
+    )
+
+    _, db = open_store()
+    chunk_ids = retry_job(db=db, job_id=job_id)
+    job = get_job(db=db, job_id=job_id)
+    queue = queue_for_params(job.params)
+    if job.kind == "caption":
+        enqueue_chunks(db=db, chunk_ids=chunk_ids, queue=queue)
+    else:  # an evaluate job captions its chunks itself, then scores
+        enqueue_job(db=db, job_id=job_id, kind=job.kind, queue=queue)
+    console.print(f"job {job_id} re-queued: {len(chunk_ids)} chunk(s) of failed or missing images")
+    if not live_workers(db=db):
+        err_console.print(start_worker_hint())
+
+
+def _note(summary: object) -> str:
+    error = getattr(summary, "error", None)
+    if error:
+        return error if len(error) <= 60 else error[:57] + "..."
+    message = getattr(summary, "progress_message", None) or ""
+    return message if len(message) <= 60 else message[:57] + "..."

@@ -1,0 +1,271 @@
+"""``vicap-jobs submit``: create a job, enqueue its ids, print its id at once (``--wait``: follow it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import Engine
+
+from vicap_jobs.cli.common import console, err_console
+from vicap_jobs.cli.train_options import options_from_cli, train_arguments
+
+ENGINE_CHOICES = ("onnx", "torch", "torch-bf16", "int8")
+
+
+def _wait_option(command: Any) -> Any:
+    return click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")(command)
+
+
+def _gpu_option(command: Any) -> Any:
+    return click.option(
+        "--gpu",
+        type=click.IntRange(0),
+        default=None,
+        metavar="N",
+        help="Run on the worker pinned to GPU N (queue gpu.N).",
+    )(command)
+
+
+@click.group()
+def submit() -> None:
+    """Queue a job for the workers: caption a folder, train, export or evaluate a model.
+
+    Each command prints the job id at once; `--wait` follows the job with a
+    progress bar (starting a local worker when none is running). Follow a job
+    later with `vicap-jobs jobs show ID`.
+
+    Example:
+
+    \b
+        vicap-jobs submit caption --dir photos/ --recursive --wait
+        vicap-jobs submit evaluate --model synth-attn --dataset viic-synth --split test
+    """
+
+
+@submit.command()
+@click.option(
+    "--dir", "folder", required=True, type=click.Path(path_type=Path, file_okay=False), help="Folder of images."
+)
+@click.option("--model", default=None, help="Registered model name (default: the newest).")
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINE_CHOICES),
+    default=None,
+    help="Inference engine (default: the family's, onnx once exported).",
+)
+@click.option("--recursive", is_flag=True, help="Also caption images in sub-folders.")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Images per engine call.")
+@click.option(
+    "--chunk-size", type=click.IntRange(1), default=None, help="Images per chunk (one task); default VICAP_CHUNK_SIZE."
+)
+@_gpu_option
+@_wait_option
+def caption(
+    folder: Path,
+    model: str | None,
+    engine: str | None,
+    recursive: bool,
+    batch_size: int,
+    chunk_size: int | None,
+    gpu: int | None,
+    wait: bool,
+) -> None:
+    """Caption every image in a folder (jpg, jpeg, png, webp, bmp, gif) with a registered model.
+
+    Images are registered (sha256) and split into chunks; each chunk writes one
+    caption row per image, `ok` or `error` with a readable reason. Export the
+    captions with `vicap-jobs captions export JOB`.
+
+    Example:
+
+    \b
+        vicap-jobs submit caption --dir photos/ --wait
+        vicap-jobs submit caption --dir /data/album --recursive --model synth-attn --engine onnx --gpu 1
+    """
+    from vicap_jobs.services.captioning import create_caption_job
+    from vicap_jobs.worker.dispatch import device_for_gpu, enqueue_chunks, queue_for_gpu
+
+    settings, db = _store()
+    plan = create_caption_job(
+        db=db,
+        folder=folder,
+        model=model,
+        engine_name=engine,
+        recursive=recursive,
+        batch_size=batch_size,
+        chunk_size=chunk_size or settings.chunk_size,
+        device=device_for_gpu(gpu),
+    )
+    queue = queue_for_gpu(gpu)
+    enqueue_chunks(db=db, chunk_ids=plan.chunk_ids, queue=queue)
+    console.print(
+        f"job {plan.job_id} queued: {plan.n_images} images in {len(plan.chunk_ids)} chunk(s) on queue {queue}"
+    )
+    if plan.skipped_dirs:
+        err_console.print(f"note: {plan.skipped_dirs} folder(s) skipped (unreadable or a link loop)")
+    _follow(db, plan.job_id, gpu=gpu, wait=wait, unit="images")
+
+
+@submit.command()
+@train_arguments
+@_gpu_option
+@_wait_option
+def train(gpu: int | None, wait: bool, **values: Any) -> None:
+    """Train model NAME on a worker and register it (progress: epoch and loss on the job row).
+
+    Takes the same options as `vicap-jobs train`. With `--gpu N` it runs on the
+    worker pinned to GPU N (on its `cuda` device unless --device says otherwise).
+
+    Example:
+
+    \b
+        vicap-jobs submit train synth-attn --family cnn-lstm-attn --backbone tiny --dataset viic-synth --epochs 12 --wait
+        vicap-jobs submit train uit-dn201 --family cnn-lstm-attn --backbone densenet201 --dataset uitviic --gpu 0
+    """
+    from vicap_jobs.services.training import create_train_job
+    from vicap_jobs.worker.dispatch import enqueue_job, queue_for_gpu
+
+    name, family, dataset, options = options_from_cli(values)
+    if gpu is not None:
+        options.setdefault("device", "cuda")
+    _, db = _store()
+    job_id = create_train_job(db=db, name=name, family=family, dataset=dataset, options=options)
+    queue = queue_for_gpu(gpu)
+    enqueue_job(db=db, job_id=job_id, kind="train", queue=queue)
+    console.print(f"job {job_id} queued: train {name} ({family} / {options['backbone']} on {dataset}) on queue {queue}")
+    _follow(db, job_id, gpu=gpu, wait=wait, unit="epochs")
+
+
+@submit.command()
+@click.argument("model")
+@click.option(
+    "--quantize",
+    type=click.Choice(["int8"]),
+    default=None,
+    help="Static int8 (QDQ) quantization, calibrated on training images.",
+)
+@_wait_option
+def export(model: str, quantize: str | None, wait: bool) -> None:
+    """Export registered MODEL to ONNX (encoder_model.onnx + decoder_model.onnx), parity-checked.
+
+    Example:
+
+    \b
+        vicap-jobs submit export synth-attn --wait
+        vicap-jobs submit export synth-attn --quantize int8
+    """
+    from vicap_jobs.services.exporting import create_export_job
+    from vicap_jobs.worker.dispatch import enqueue_job
+
+    _, db = _store()
+    job_id = create_export_job(db=db, model=model, quantize=quantize)
+    enqueue_job(db=db, job_id=job_id, kind="export")
+    console.print(f"job {job_id} queued: export {model}" + (f" ({quantize})" if quantize else ""))
+    _follow(db, job_id, gpu=None, wait=wait, unit="steps")
+
+
+@submit.command()
+@click.option("--model", required=True, help="Registered model name.")
+@click.option("--dataset", required=True, help="Data set name.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--tokenization", type=click.Choice(["syllable", "word"]), default="syllable", show_default=True)
+@click.option(
+    "--engine", type=click.Choice(ENGINE_CHOICES), default=None, help="Inference engine (default: the family's)."
+)
+@_gpu_option
+@_wait_option
+def evaluate(
+    model: str, dataset: str, split: str, tokenization: str, engine: str | None, gpu: int | None, wait: bool
+) -> None:
+    """Caption a data set split with a model and store BLEU-1..4 / ROUGE-L beside the blind baseline.
+
+    Example:
+
+    \b
+        vicap-jobs submit evaluate --model synth-attn --dataset viic-synth --split test --wait
+        vicap-jobs scores
+    """
+    from vicap_jobs.services.evaluation import create_evaluate_job
+    from vicap_jobs.worker.dispatch import enqueue_job, queue_for_gpu
+
+    _, db = _store()
+    job_id = create_evaluate_job(
+        db=db, model=model, dataset=dataset, split=split, tokenization=tokenization, engine_name=engine
+    )
+    queue = queue_for_gpu(gpu)
+    enqueue_job(db=db, job_id=job_id, kind="evaluate", queue=queue)
+    console.print(f"job {job_id} queued: evaluate {model} on {dataset}/{split} on queue {queue}")
+    _follow(db, job_id, gpu=gpu, wait=wait, unit="images")
+
+
+# -- shared ---------------------------------------------------------------------------------
+
+
+def _store() -> tuple[Any, Engine]:
+    from vicap_jobs.cli.common import open_store
+
+    return open_store()
+
+
+def _follow(db: Engine, job_id: int, *, gpu: int | None, wait: bool, unit: str) -> None:
+    """Without --wait: a hint when no worker is alive. With --wait: a progress bar, then the outcome."""
+    from vicap_jobs.worker.dispatch import live_workers, start_worker_hint
+
+    if not wait:
+        if not live_workers(db=db):
+            err_console.print(start_worker_hint(gpu))
+        console.print(f"follow it with: vicap-jobs jobs show {job_id}")
+        return
+    summary = _wait_with_progress(db, job_id, gpu=gpu, unit=unit)
+    _print_outcome(summary)
+    if summary.status != "succeeded":
+        raise SystemExit(1)
+
+
+def _wait_with_progress(db: Engine, job_id: int, *, gpu: int | None, unit: str) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from vicap_jobs.worker.dispatch import wait_for_job
+
+    columns = [
+        TextColumn("job {task.fields[job]} [bold]{task.fields[status]}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TextColumn("{task.fields[extra]}"),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        task = progress.add_task("job", total=None, job=job_id, status="queued", extra="")
+
+        def on_progress(s: Any) -> None:
+            extra = []
+            if s.failed:
+                extra.append(f"{s.failed} failed")
+            if s.throughput and unit == "images":
+                extra.append(f"{s.throughput:.1f} img/s")
+            if s.progress_message and unit != "images":
+                extra.append(s.progress_message)
+            progress.update(task, total=s.total or None, completed=s.done, status=s.status, extra=" · ".join(extra))
+
+        def on_local_worker(local: Any) -> None:
+            progress.console.print(
+                f"no worker is running: starting a local worker for job {job_id} (log: {local.log_path})"
+            )
+
+        return wait_for_job(db=db, job_id=job_id, on_progress=on_progress, gpu=gpu, on_local_worker=on_local_worker)
+
+
+def _print_outcome(summary: Any) -> None:
+    line = f"job {summary.id} {summary.status}"
+    if summary.kind in ("caption", "evaluate"):
+        line += f": {summary.done - summary.failed} captioned, {summary.failed} failed"
+    if summary.progress_message and summary.kind != "caption":
+        line += f" ({summary.progress_message})"
+    if summary.error:
+        line += f"; {summary.error}"
+    console.print(line)
+    for reason, count in summary.errors_by_reason:
+        console.print(f"  {count:>6} × {reason}")

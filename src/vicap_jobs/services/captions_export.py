@@ -1,0 +1,108 @@
+"""Exporting a job's captions: COCO results JSON, CSV, or JSON Lines.
+
+``coco-json`` is the COCO captioning *results* format, ``[{"image_id", "caption"}]``,
+with the ORIGINAL COCO image ids (``images.coco_id``) for images imported from a
+COCO-format data set, so the file goes straight into pycocotools'
+``COCO.loadRes`` and pycocoevalcap's ``COCOEvalCap`` with that data set's
+annotation file. Images without a COCO id (ad-hoc folders) use the store's
+``images.id``. Only captioned (``ok``) images appear there; CSV and JSON Lines
+carry every image, errors and their reasons included.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+
+from vicap_jobs.db.session import session_scope
+from vicap_jobs.db.tables import Caption, Image, Job
+from vicap_jobs.errors import InputError, NotFoundError, UnknownNameError
+
+FORMATS = ("coco-json", "csv", "jsonl")
+COLUMNS = ("image_id", "coco_id", "file_name", "path", "status", "caption", "error", "engine", "latency_ms")
+
+
+@dataclass(frozen=True)
+class ExportedCaption:
+    """One caption row with its image, as exported."""
+
+    image_id: int
+    coco_id: int | None
+    file_name: str
+    path: str
+    status: str
+    caption: str | None
+    error: str | None
+    engine: str
+    latency_ms: float | None
+
+    @property
+    def results_id(self) -> int:
+        """The id a COCO results file uses: the original COCO id when there is one."""
+        return self.coco_id if self.coco_id is not None else self.image_id
+
+
+def job_captions(*, db: Engine, job_id: int) -> Iterator[ExportedCaption]:
+    """The job's caption rows joined with their images, in image order."""
+    with session_scope(db) as session:
+        if session.get(Job, job_id) is None:
+            raise NotFoundError(f"no job with id {job_id}")
+        rows = session.execute(
+            select(
+                Caption.image_id,
+                Image.coco_id,
+                Image.file_name,
+                Image.path,
+                Caption.status,
+                Caption.text,
+                Caption.error,
+                Caption.engine,
+                Caption.latency_ms,
+            )
+            .join(Image, Image.id == Caption.image_id)
+            .where(Caption.job_id == job_id)
+            .order_by(Caption.image_id)
+        ).all()
+    for row in rows:
+        yield ExportedCaption(*row)
+
+
+def render(captions: list[ExportedCaption], fmt: str) -> str:
+    """The export file's text in ``fmt`` (one of FORMATS)."""
+    if fmt == "coco-json":
+        results = [{"image_id": c.results_id, "caption": c.caption} for c in captions if c.status == "ok"]
+        return json.dumps(results, ensure_ascii=False, indent=1) + "\n"
+    if fmt == "jsonl":
+        return "".join(json.dumps(asdict(c), ensure_ascii=False) + "\n" for c in captions)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for c in captions:
+            writer.writerow(asdict(c))
+        return buffer.getvalue()
+    raise UnknownNameError("export format", fmt, FORMATS)
+
+
+def export_captions(*, db: Engine, job_id: int, fmt: str, out: Path | None = None) -> tuple[str, int]:
+    """Render the job's captions in ``fmt``; write them to ``out`` when given. Returns (text, rows written)."""
+    if fmt not in FORMATS:
+        raise UnknownNameError("export format", fmt, FORMATS)
+    captions = list(job_captions(db=db, job_id=job_id))
+    if not captions:
+        raise InputError(f"job {job_id} has no caption rows yet")
+    text = render(captions, fmt)
+    n_rows = sum(c.status == "ok" for c in captions) if fmt == "coco-json" else len(captions)
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        temporary = out.with_name(f".{out.name}.tmp")
+        temporary.write_text(text, encoding="utf-8", newline="")
+        temporary.replace(out)
+    return text, n_rows
