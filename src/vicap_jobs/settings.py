@@ -45,6 +45,11 @@ class Settings(BaseSettings):
         default=90.0, gt=0, description="A running chunk whose worker is silent this long is re-enqueued."
     )
     chunk_size: int = Field(default=256, gt=0, description="Images per caption chunk (one Celery task).")
+    max_chunk_attempts: int = Field(
+        default=5,
+        gt=0,
+        description="A chunk whose worker died this many times is given up (its images get error rows).",
+    )
     visibility_timeout_s: int = Field(
         default=3 * 3600, gt=0, description="Redis visibility timeout; longer than the longest chunk."
     )
@@ -118,6 +123,7 @@ class Settings(BaseSettings):
             "VICAP_HEARTBEAT_S": str(self.heartbeat_s),
             "VICAP_STALE_AFTER_S": str(self.stale_after_s),
             "VICAP_CHUNK_SIZE": str(self.chunk_size),
+            "VICAP_MAX_CHUNK_ATTEMPTS": str(self.max_chunk_attempts),
             "VICAP_VISIBILITY_TIMEOUT_S": str(self.visibility_timeout_s),
             "VICAP_NIGHTLY_CRON": self.nightly_cron,
             "VICAP_TORCH_THREADS": str(self.torch_threads or "(all cores)"),

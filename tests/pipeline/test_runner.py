@@ -252,3 +252,25 @@ def test_empty_folder_and_unknown_engine_are_user_errors(sqlite_db: Engine, tmp_
             batch_size=2,
             chunk_size=2,
         )
+
+
+def test_a_chunk_whose_worker_keeps_dying_is_given_up_with_a_reason(any_db: Engine, tmp_path: Path) -> None:
+    model = _register_tiny(any_db, tmp_path)
+    plan = create_caption_job(
+        db=any_db,
+        folder=_good_folder(tmp_path / "p", 3),
+        model=model,
+        engine_name="torch",
+        recursive=False,
+        batch_size=3,
+        chunk_size=3,
+    )
+    chunk_id = plan.chunk_ids[0]
+    for attempt in range(1, 3):  # a worker claims it and dies; the reaper finds it stale
+        assert jobs.claim_chunk(db=any_db, chunk_id=chunk_id, worker_name=f"w{attempt}") is not None
+        reset = jobs.requeue_chunks(db=any_db, chunk_ids=[chunk_id], max_attempts=2)
+        assert reset == ([chunk_id] if attempt < 2 else [])
+    job = jobs.get_job(db=any_db, job_id=plan.job_id)
+    assert job.status == "failed" and "gave up after 2 attempts" in job.error
+    rows = _captions(any_db, plan.job_id)
+    assert len(rows) == 3 and all(r.status == "error" and "gave up" in r.error for r in rows)

@@ -334,11 +334,27 @@ def stale_chunk_ids(*, db: Engine, stale_after_s: float) -> list[int]:
         )
 
 
-def requeue_chunks(*, db: Engine, chunk_ids: list[int]) -> list[int]:
-    """Running (stale) → queued again; returns the ids actually reset."""
+def requeue_chunks(*, db: Engine, chunk_ids: list[int], max_attempts: int | None = None) -> list[int]:
+    """Running (stale) → queued again; returns the ids actually reset.
+
+    A chunk already tried ``max_attempts`` times (its worker died or hit the time
+    limit every time, e.g. an image that crashes the decoder) is given up instead:
+    its remaining images get error rows, so the job can end and say why.
+    """
+    if max_attempts is None:
+        from vicap_jobs.settings import get_settings
+
+        max_attempts = get_settings().max_chunk_attempts
     reset: list[int] = []
+    exhausted: list[int] = []
     with session_scope(db) as session:
         for chunk_id in chunk_ids:
+            chunk = session.get(JobChunk, chunk_id)
+            if chunk is None or chunk.status != "running":
+                continue
+            if chunk.attempts >= max_attempts:
+                exhausted.append(chunk_id)
+                continue
             result = session.execute(
                 update(JobChunk)
                 .where(JobChunk.id == chunk_id, JobChunk.status == "running")
@@ -346,7 +362,37 @@ def requeue_chunks(*, db: Engine, chunk_ids: list[int]) -> list[int]:
             )
             if result.rowcount:
                 reset.append(chunk_id)
+    for chunk_id in exhausted:
+        give_up_chunk(
+            db=db,
+            chunk_id=chunk_id,
+            reason=f"gave up after {max_attempts} attempts: the worker died or timed out each time",
+        )
     return reset
+
+
+def give_up_chunk(*, db: Engine, chunk_id: int, reason: str) -> None:
+    """Fail a chunk for good: error rows for its uncaptioned images, then let the job finish."""
+    from vicap_jobs.pipeline.runner import finish_job_if_complete
+    from vicap_jobs.pipeline.writer import CaptionResult, write_results
+
+    with session_scope(db) as session:
+        chunk = session.get(JobChunk, chunk_id)
+        if chunk is None or chunk.status not in ("queued", "running"):
+            return
+        job = session.get(Job, chunk.job_id)
+        done = set(session.scalars(select(Caption.image_id).where(Caption.job_id == chunk.job_id)))
+        todo = [i for i in chunk.image_ids if i not in done]
+        chunk.status, chunk.error, chunk.finished_at = "failed", reason, utcnow()
+        job_id, model_id, engine = job.id, job.model_id, (job.params or {}).get("engine") or "torch"
+    write_results(
+        db=db,
+        job_id=job_id,
+        model_id=model_id,
+        engine_name=engine,
+        results=[CaptionResult(i, None, None, reason) for i in todo],
+    )
+    finish_job_if_complete(db=db, job_id=job_id)
 
 
 def record_worker_heartbeat(*, db: Engine, name: str, queues: list[str], device: str | None, pid: int | None) -> None:
