@@ -268,3 +268,43 @@ def test_bad_nightly_cron_is_a_config_error() -> None:
         parse_cron("0 2 * *")
     with pytest.raises(ConfigError, match="invalid"):
         parse_cron("99 2 * * *")
+
+
+def test_reaper_reenqueues_a_running_train_job_whose_worker_died(
+    vicap_env: Path, any_db: Engine, monkeypatch, tmp_path: Path
+) -> None:
+    db = any_db
+    train_id = jobs.create_job(db=db, kind="train", params={"name": "m", "device": "gpu1"})
+    jobs.mark_running(db=db, job_id=train_id)
+    alive_id = jobs.create_job(db=db, kind="export", params={"model": "m"})
+    jobs.mark_running(db=db, job_id=alive_id)
+    with session_scope(db) as session:
+        session.execute(update(Job).where(Job.id == train_id).values(heartbeat_at=utcnow() - timedelta(seconds=600)))
+    broker = Broker(monkeypatch, empty=set())
+    settings = Settings(home=tmp_path, stale_after_s=90, max_chunk_attempts=2)
+    report = dispatch.reap(db=db, settings=settings)
+    assert report.stale_jobs == [train_id] and broker.jobs == [("train", train_id, "gpu.1")]
+    job = jobs.get_job(db=db, job_id=train_id)
+    assert (job.status, job.attempts) == ("queued", 1)
+    assert jobs.get_job(db=db, job_id=alive_id).status == "running"
+    # it dies again: the second death gives up with a reason
+    jobs.mark_running(db=db, job_id=train_id)
+    with session_scope(db) as session:
+        session.execute(update(Job).where(Job.id == train_id).values(heartbeat_at=utcnow() - timedelta(seconds=600)))
+    assert jobs.requeue_jobs(db=db, job_ids=jobs.stale_job_ids(db=db, stale_after_s=90), max_attempts=2) == []
+    job = jobs.get_job(db=db, job_id=train_id)
+    assert job.status == "failed" and "gave up after 2 attempts" in job.error
+
+
+def test_heartbeat_thread_beats_the_running_job(any_db: Engine) -> None:
+    db = any_db
+    job_id = jobs.create_job(db=db, kind="train", params={})
+    jobs.mark_running(db=db, job_id=job_id)
+    with session_scope(db) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(seconds=600)))
+    beat = Heartbeat(db=db, name="cpu@test", queues=["vicap"], device="cpu", pid=os.getpid(), interval_s=0.05)
+    beat.set_job(job_id)
+    beat.start()
+    time.sleep(0.3)
+    beat.stop()
+    assert jobs.stale_job_ids(db=db, stale_after_s=60) == []

@@ -160,6 +160,12 @@ class Job(Base):
     worker_host: Mapped[str | None] = mapped_column(String(255))
     device: Mapped[str | None] = mapped_column(String(40))
     broker_task_id: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), comment="last sign of life of the worker running a train/export/evaluate job"
+    )
+    attempts: Mapped[int] = mapped_column(
+        Integer, default=0, server_default="0", comment="times a worker died running it"
+    )
     created_at: Mapped[datetime] = _timestamp()
     started_at: Mapped[datetime | None] = _timestamp(nullable=True)
     finished_at: Mapped[datetime | None] = _timestamp(nullable=True)

@@ -103,7 +103,7 @@ def set_broker_task_id(*, db: Engine, task_id: str, job_id: int | None = None, c
 
 def mark_running(*, db: Engine, job_id: int, device: str | None = None, total: int | None = None) -> None:
     """Queued → running (idempotent); records host, device and start time once."""
-    values: dict[str, Any] = {"status": "running", "worker_host": socket.gethostname()}
+    values: dict[str, Any] = {"status": "running", "worker_host": socket.gethostname(), "heartbeat_at": utcnow()}
     if device is not None:
         values["device"] = device
     if total is not None:
@@ -393,6 +393,54 @@ def give_up_chunk(*, db: Engine, chunk_id: int, reason: str) -> None:
         results=[CaptionResult(i, None, None, reason) for i in todo],
     )
     finish_job_if_complete(db=db, job_id=job_id)
+
+
+def touch_job(*, db: Engine, job_id: int) -> None:
+    """Job heartbeat: the worker running this train/export/evaluate job is alive."""
+    with session_scope(db) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
+
+
+def stale_job_ids(*, db: Engine, stale_after_s: float) -> list[int]:
+    """Running train/export/evaluate jobs whose worker has been silent for ``stale_after_s`` seconds.
+
+    Caption jobs are recovered chunk by chunk instead.
+    """
+    cutoff = utcnow() - timedelta(seconds=stale_after_s)
+    with session_scope(db) as session:
+        return list(
+            session.scalars(
+                select(Job.id)
+                .where(
+                    Job.status == "running",
+                    Job.kind != "caption",
+                    func.coalesce(Job.heartbeat_at, Job.started_at) < cutoff,
+                )
+                .order_by(Job.id)
+            )
+        )
+
+
+def requeue_jobs(*, db: Engine, job_ids: list[int], max_attempts: int | None = None) -> list[int]:
+    """Running (stale) jobs → queued again; a job whose worker died ``max_attempts`` times fails instead."""
+    if max_attempts is None:
+        from vicap_jobs.settings import get_settings
+
+        max_attempts = get_settings().max_chunk_attempts
+    reset: list[int] = []
+    with session_scope(db) as session:
+        for job_id in job_ids:
+            job = session.get(Job, job_id)
+            if job is None or job.status != "running":
+                continue
+            job.attempts = (job.attempts or 0) + 1
+            if job.attempts >= max_attempts:
+                job.status, job.finished_at = "failed", utcnow()
+                job.error = f"gave up after {job.attempts} attempts: the worker died or timed out each time"
+                continue
+            job.status, job.heartbeat_at = "queued", utcnow()
+            reset.append(job_id)
+    return reset
 
 
 def record_worker_heartbeat(*, db: Engine, name: str, queues: list[str], device: str | None, pid: int | None) -> None:

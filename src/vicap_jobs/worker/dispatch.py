@@ -12,6 +12,9 @@ Recovery without trusting the broker (:func:`reap`):
   broker queue is empty lost its message (a Redis restarted without
   persistence, a worker killed between receiving and starting it): re-enqueued;
 - a queued train/export/evaluate job in the same situation is re-enqueued;
+- a *running* train/export/evaluate job whose worker stopped beating
+  (``jobs.heartbeat_at``) is reset to queued and re-enqueued, and failed
+  after ``max_chunk_attempts`` deaths;
 - a caption job whose chunks all ended but which is still open (its last
   worker died between the two writes) is finished.
 
@@ -147,12 +150,13 @@ class ReapReport:
     """What one reaper pass did."""
 
     stale_chunks: list[int] = field(default_factory=list)
+    stale_jobs: list[int] = field(default_factory=list)
     lost_chunks: list[int] = field(default_factory=list)
     lost_jobs: list[int] = field(default_factory=list)
     finished_jobs: list[int] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.stale_chunks or self.lost_chunks or self.lost_jobs or self.finished_jobs)
+        return bool(self.stale_chunks or self.stale_jobs or self.lost_chunks or self.lost_jobs or self.finished_jobs)
 
 
 def reap(*, db: Engine, settings: Settings | None = None) -> ReapReport:
@@ -160,9 +164,14 @@ def reap(*, db: Engine, settings: Settings | None = None) -> ReapReport:
     settings = settings or get_settings()
     report = ReapReport()
     stale = jobs.requeue_chunks(db=db, chunk_ids=jobs.stale_chunk_ids(db=db, stale_after_s=settings.stale_after_s))
+    rerun_jobs: set[int] = set()
     if stale:
         report.stale_chunks = stale
-        _reenqueue(db, stale)
+        rerun_jobs = _reenqueue(db, stale)
+    stale_jobs = [j for j in jobs.stale_job_ids(db=db, stale_after_s=settings.stale_after_s) if j not in rerun_jobs]
+    for job_id, kind, params in _job_rows(db, jobs.requeue_jobs(db=db, job_ids=stale_jobs)):
+        enqueue_job(db=db, job_id=job_id, kind=kind, queue=queue_for_params(params))
+        report.stale_jobs.append(job_id)
     cutoff = utcnow() - timedelta(seconds=settings.stale_after_s)
     lost_chunks, lost_jobs = _waiting_too_long(db, cutoff)
     if lost_chunks or lost_jobs:
@@ -177,16 +186,27 @@ def reap(*, db: Engine, settings: Settings | None = None) -> ReapReport:
     report.finished_jobs = _finish_drained_jobs(db)
     if report:
         log.warning(
-            "reaper: re-enqueued %d stale and %d lost chunk(s), %d lost job(s); finished %d drained job(s)",
+            "reaper: re-enqueued %d stale and %d lost chunk(s), %d stale and %d lost job(s); finished %d drained job(s)",
             len(report.stale_chunks),
             len(report.lost_chunks),
+            len(report.stale_jobs),
             len(report.lost_jobs),
             len(report.finished_jobs),
         )
     return report
 
 
-def _reenqueue(db: Engine, chunk_ids: list[int]) -> None:
+def _job_rows(db: Engine, job_ids: list[int]) -> list[tuple[int, str, dict]]:
+    if not job_ids:
+        return []
+    with session_scope(db) as session:
+        return [
+            tuple(r)
+            for r in session.execute(select(Job.id, Job.kind, Job.params).where(Job.id.in_(job_ids)).order_by(Job.id))
+        ]  # type: ignore[misc]
+
+
+def _reenqueue(db: Engine, chunk_ids: list[int]) -> set[int]:
     """Caption chunks go back on their queue; an evaluate job's chunks re-run through its evaluate task."""
     with session_scope(db) as session:
         rows = session.execute(
@@ -206,6 +226,7 @@ def _reenqueue(db: Engine, chunk_ids: list[int]) -> None:
         enqueue_chunks(db=db, chunk_ids=ids, queue=queue)
     for job_id, queue in evaluate_jobs.items():
         enqueue_job(db=db, job_id=job_id, kind="evaluate", queue=queue)
+    return set(evaluate_jobs)
 
 
 def _waiting_too_long(db: Engine, cutoff) -> tuple[list[tuple[str, int]], list[tuple[str, int, str]]]:  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""A worker process's heartbeat thread: "I am alive", "my chunk is alive", and the stale-chunk reaper.
+"""A worker process's heartbeat thread: "I am alive", "my chunk (or job) is alive", and the reaper.
 
 Every ``heartbeat_s`` seconds the thread refreshes the worker's row in the
 ``workers`` table (``last_seen_at``) and the ``heartbeat_at`` of the chunk the
@@ -52,6 +52,7 @@ class Heartbeat:
         self.reap = reap
         self.reap_every_s = reap_every_s
         self._chunk_id: int | None = None
+        self._job_id: int | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -64,6 +65,17 @@ class Heartbeat:
         with self._lock:
             self._chunk_id = chunk_id
             self._last_chunk_beat = 0.0
+
+    def set_job(self, job_id: int | None) -> None:
+        """The train/export/evaluate job this process is running (None when idle)."""
+        with self._lock:
+            self._job_id = job_id
+
+    def beat_job(self) -> None:
+        with self._lock:
+            job_id = self._job_id
+        if job_id is not None:
+            jobs.touch_job(db=self.db, job_id=job_id)
 
     def beat_chunk(self) -> None:
         """Refresh the running chunk's heartbeat now if the last one is older than half an interval.
@@ -100,6 +112,7 @@ class Heartbeat:
             try:
                 self.beat_worker()
                 self.beat_chunk()
+                self.beat_job()
                 if self.reap is not None and time.monotonic() >= next_reap:
                     next_reap = time.monotonic() + self.reap_every_s
                     self.reap()

@@ -172,6 +172,8 @@ def _run_job(kind: str, job_id: int, run: Any) -> None:
     """
     from vicap_jobs.services import jobs
 
+    heartbeat = state().heartbeat
+    heartbeat.set_job(job_id)
     try:
         run()
     except VicapError as exc:
@@ -182,6 +184,8 @@ def _run_job(kind: str, job_id: int, run: Any) -> None:
             jobs.finish_job(db=state().db, job_id=job_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         except StoreConnectionError:
             log.error("cannot record the failure of %s job %d: the store is unreachable", kind, job_id)
+    finally:
+        heartbeat.set_job(None)
 
 
 @app.task(name=TASK_TRAIN)
