@@ -179,7 +179,7 @@ def list_jobs(*, db: Engine, limit: int = 20, status: str | None = None) -> list
         query = select(Job).order_by(Job.id.desc()).limit(limit)
         if status:
             query = query.where(Job.status == status)
-        return [_summary(job) for job in session.scalars(query)]
+        return [summarize(job) for job in session.scalars(query)]
 
 
 def job_summary(*, db: Engine, job_id: int) -> JobSummary:
@@ -199,14 +199,17 @@ def job_summary(*, db: Engine, job_id: int) -> JobSummary:
                 select(Caption.error).where(Caption.job_id == job_id, Caption.status == "error")
             )
         )
-        return _summary(job, chunks=chunk_states, errors=reasons.most_common(10))
+        return summarize(job, chunks=chunk_states, errors=reasons.most_common(10))
 
 
 def _reason(error: str | None) -> str:
     return (error or "unknown error").split(":", 1)[0].strip()
 
 
-def _summary(job: Job, chunks: dict[str, int] | None = None, errors: list[tuple[str, int]] | None = None) -> JobSummary:
+def summarize(
+    job: Job, chunks: dict[str, int] | None = None, errors: list[tuple[str, int]] | None = None
+) -> JobSummary:
+    """A plain summary of a job row (chunk states and error reasons when given)."""
     return JobSummary(
         id=job.id,
         kind=job.kind,

@@ -377,7 +377,7 @@ def wait_for_job(
         while True:
             job = jobs.get_job(db=db, job_id=job_id)
             if on_progress is not None:
-                on_progress(_light_summary(job))
+                on_progress(jobs.summarize(job))
             if job.status in jobs.FINISHED:
                 return jobs.job_summary(db=db, job_id=job_id)
             now = time.monotonic()
@@ -396,22 +396,3 @@ def wait_for_job(
     finally:
         if local is not None:
             local.stop()
-
-
-def _light_summary(job: Job) -> jobs.JobSummary:
-    return jobs.JobSummary(
-        id=job.id,
-        kind=job.kind,
-        status=job.status,
-        total=job.total,
-        done=job.done,
-        failed=job.failed,
-        progress_message=job.progress_message,
-        error=job.error,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        params=dict(job.params or {}),
-        worker_host=job.worker_host,
-        device=job.device,
-    )
