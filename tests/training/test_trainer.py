@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from vicap_jobs.data.samples import CaptionSample
-from vicap_jobs.errors import InputError, UnknownNameError
+from vicap_jobs.errors import InputError, UnknownNameError, VicapError
 from vicap_jobs.models.checkpoint import load_checkpoint
 from vicap_jobs.training import trainer as trainer_module
 from vicap_jobs.training.trainer import TrainOptions, TrainProgress, train_model
@@ -153,3 +153,16 @@ def test_empty_splits_and_foreign_out_dir(tmp_path: Path, colour_set: Splits) ->
     with pytest.raises(InputError, match="not a checkpoint"):
         run(tmp_path, colour_set)
     assert (tmp_path / "ckpt" / "thesis.docx").exists()
+
+
+def test_divergence_is_a_clear_error(tmp_path: Path, colour_set: Splits, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = trainer_module._batch_loss
+
+    def nan_loss(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        loss, n_tokens = real(*args, **kwargs)
+        return loss * float("nan"), n_tokens
+
+    monkeypatch.setattr(trainer_module, "_batch_loss", nan_loss)
+    with pytest.raises(VicapError, match="diverged"):
+        run(tmp_path, colour_set, epochs=1)
+    assert not (tmp_path / "ckpt").exists()

@@ -151,12 +151,11 @@ def _train(db, plan: DemoPlan, seed: int) -> str:  # type: ignore[no-untyped-def
 
 
 def _export(db, model: str) -> None:  # type: ignore[no-untyped-def]
-    from vicap_jobs.services.exporting import export_model
+    from vicap_jobs.services.exporting import describe_export, export_model
 
     with console.status("exporting"):
         report = export_model(db=db, model=model)
-    summary = getattr(report, "summary", None)
-    console.print(str(summary() if callable(summary) else summary or "exported"))
+    console.print(describe_export(report))
 
 
 def _wait_for_worker(db, worker, timeout_s: float = 120.0) -> None:  # type: ignore[no-untyped-def]

@@ -26,8 +26,17 @@ from vicap_jobs.cli.common import console, open_store, print_table
     help="How captions are split into tokens for BLEU/ROUGE-L (stored with the scores).",
 )
 @click.option("--engine", "engine_name", help="Inference engine for --model (default: the family's, e.g. onnx).")
+@click.option(
+    "--allow-missing", is_flag=True, help="With --predictions: score only the predicted images, not the whole split."
+)
 def evaluate(
-    model: str | None, predictions: Path | None, dataset: str, split: str, tokenization: str, engine_name: str | None
+    model: str | None,
+    predictions: Path | None,
+    dataset: str,
+    split: str,
+    tokenization: str,
+    engine_name: str | None,
+    allow_missing: bool,
 ) -> None:
     """Corpus BLEU-1..4 and ROUGE-L (COCO definitions) beside the blind baseline; stored in `evaluations`.
 
@@ -49,7 +58,14 @@ def evaluate(
             )
         label = model
     else:
-        result = evaluate_predictions(db=db, path=predictions, dataset=dataset, split=split, tokenization=tokenization)
+        result = evaluate_predictions(
+            db=db,
+            path=predictions,
+            dataset=dataset,
+            split=split,
+            tokenization=tokenization,
+            allow_missing=allow_missing,
+        )
         label = str(predictions)
     rows = [[label, *(100 * v for v in _five(result.scores)), result.scores.n_images]]
     if result.baseline is not None:

@@ -58,6 +58,15 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except VicapError as exc:
             raise click.ClickException(str(exc)) from None
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # a bug, not a user mistake: one line, the traceback with -vv
+            if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise click.ClickException(
+                f"unexpected {type(exc).__name__}: {first} (rerun with -vv for the traceback, and please report it)"
+            ) from None
 
 
 def _not_yet_available(name: str) -> click.Command:

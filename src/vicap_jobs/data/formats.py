@@ -78,7 +78,12 @@ def read_captions_txt(path: Path) -> ParsedSplit:
     except UnicodeDecodeError as exc:
         raise DatasetFormatError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     by_name: dict[str, ParsedImage] = {}
-    for number, row in enumerate(csv.reader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
+    try:
+        rows = list(csv.reader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE))
+    except csv.Error as exc:
+        hint = " (it looks like JSON: use --format coco)" if text.lstrip().startswith(("{", "[")) else ""
+        raise DatasetFormatError(f"{path}: not a TAB-separated captions file: {exc}{hint}") from None
+    for number, row in enumerate(rows, start=1):
         if not row or not "".join(row).strip():
             continue
         if number == 1 and [c.strip().lower() for c in row[:2]] in (["image", "caption"], ["image_path", "caption"]):

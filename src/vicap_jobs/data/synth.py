@@ -134,7 +134,7 @@ def _prepare_out_dir(out_dir: Path, *, overwrite: bool) -> None:
     ours = [out_dir / "images", out_dir / "annotations"]
     existing = [p for p in ours if p.exists()]
     if existing and not overwrite:
-        raise InputError(f"{out_dir} already holds a data set ({existing[0].name}/); pass overwrite=True to replace it")
+        raise InputError(f"{out_dir} already holds a data set ({existing[0].name}/); pass --overwrite to replace it")
     for path in existing:
         shutil.rmtree(path)
     (out_dir / "annotations").mkdir(parents=True, exist_ok=True)

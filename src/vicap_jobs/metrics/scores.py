@@ -64,7 +64,7 @@ def _scored_keys(predictions: Mapping[K, str], references: Mapping[K, Sequence[s
     if missing and not allow_missing:
         raise InputError(
             f"{len(missing)} images have references but no prediction: {_sample(missing)} "
-            "(pass allow_missing=True to score only the predicted images)"
+            "(to score only the predicted images, allow missing ones: --allow-missing)"
         )
     for key in predictions:
         refs = references[key]

@@ -187,7 +187,10 @@ def load_backbone_weights(module: nn.Module, path: Path) -> None:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any decoder error means the file is not a usable state dict
-        raise InputError(f"cannot read backbone weights {path}: {exc}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"cannot read backbone weights {path}: not a plain torch state dict (.pth) or .safetensors file ({first})"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

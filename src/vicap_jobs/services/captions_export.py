@@ -94,9 +94,14 @@ def export_captions(*, db: Engine, job_id: int, fmt: str, out: Path | None = Non
     """Render the job's captions in ``fmt``; write them to ``out`` when given. Returns (text, rows written)."""
     if fmt not in FORMATS:
         raise UnknownNameError("export format", fmt, FORMATS)
+    from vicap_jobs.services.jobs import get_job
+
+    job = get_job(db=db, job_id=job_id)
+    if job.kind not in ("caption", "evaluate"):
+        raise InputError(f"job {job_id} is a {job.kind} job; only caption and evaluate jobs have captions")
     captions = list(job_captions(db=db, job_id=job_id))
     if not captions:
-        raise InputError(f"job {job_id} has no caption rows yet")
+        raise InputError(f"job {job_id} has no caption rows yet ({job.status})")
     text = render(captions, fmt)
     n_rows = sum(c.status == "ok" for c in captions) if fmt == "coco-json" else len(captions)
     if out is not None:

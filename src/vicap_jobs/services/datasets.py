@@ -98,6 +98,7 @@ def _write_split(
                 f"data set {name!r} already has a {split} split ({existing} images); pass --replace to re-import it"
             )
         if existing:
+            _refuse_if_used(session, dataset.id, split, name)
             session.execute(delete(Image).where(Image.dataset_id == dataset.id, Image.split == split))
         taken = set(session.scalars(select(Image.path).where(Image.dataset_id == dataset.id)))
         for image, path in located:
@@ -121,6 +122,24 @@ def _write_split(
             ]
             session.add(row)
             taken.add(str(path))
+
+
+def _refuse_if_used(session, dataset_id: int, split: str, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Replacing a split deletes its images; refuse while captions or scores point at them."""
+    from vicap_jobs.db.tables import Caption, Evaluation
+
+    in_split = select(Image.id).where(Image.dataset_id == dataset_id, Image.split == split)
+    n_captions = session.scalar(select(func.count()).select_from(Caption).where(Caption.image_id.in_(in_split)))
+    n_scores = session.scalar(
+        select(func.count())
+        .select_from(Evaluation)
+        .where(Evaluation.dataset_id == dataset_id, Evaluation.split == split)
+    )
+    if n_captions or n_scores:
+        raise InputError(
+            f"the {split} split of {name!r} has {n_captions} generated captions and {n_scores} evaluations; "
+            f"replacing it would delete them. Import it as a new data set name instead"
+        )
 
 
 def get_dataset(*, db: Engine, name: str) -> Dataset:

@@ -242,7 +242,7 @@ def evaluate_model(
 
 
 def evaluate_predictions(
-    *, db: Engine, path: Path, dataset: str, split: str, tokenization: str = "syllable"
+    *, db: Engine, path: Path, dataset: str, split: str, tokenization: str = "syllable", allow_missing: bool = False
 ) -> EvaluationResult:
     """Score an external predictions file (COCO results JSON or CSV) and store it (model_id NULL)."""
     check_tokenization(tokenization)
@@ -257,7 +257,7 @@ def evaluate_predictions(
         if image_id is None:
             raise DatasetFormatError(f"{path}: entry {index} names image {key!r}, which is not in {dataset!r} {split}")
         predictions[image_id] = caption
-    scores = score_captions(predictions, references, tokenization=tokenization)
+    scores = score_captions(predictions, references, tokenization=tokenization, allow_missing=allow_missing)
     evaluation_id = _store_scores(
         db=db,
         scores=scores,
@@ -283,10 +283,18 @@ def read_predictions(path: Path) -> list[tuple[int | str, str]]:
         with path.open(encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
             fields = set(reader.fieldnames or [])
-            key = "image_id" if "image_id" in fields else "file_name" if "file_name" in fields else None
+            # `captions export --format csv` writes the store's image_id beside coco_id and file_name:
+            # the data set's own ids come first, so that file scores the right images.
+            key = next((k for k in ("coco_id", "file_name", "image_id") if k in fields), None)
             if key is None or "caption" not in fields:
-                raise DatasetFormatError(f"{path}: CSV needs columns image_id (or file_name) and caption")
-            return [(_int_or_none(row[key]) or row[key], row["caption"] or "") for row in reader]
+                raise DatasetFormatError(
+                    f"{path}: CSV needs columns image_id (COCO id), coco_id or file_name, and caption"
+                )
+            return [
+                (row[key] if key == "file_name" else _int_or_none(row[key]) or row[key], row["caption"] or "")
+                for row in reader
+                if row.get("status", "ok") in ("ok", "")
+            ]
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:

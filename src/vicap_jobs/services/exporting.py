@@ -57,7 +57,7 @@ def run_export_job(*, db: Engine, job_id: int) -> Any:
     except Exception as exc:
         jobs.finish_job(db=db, job_id=job_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
-    jobs.set_progress(db=db, job_id=job_id, done=1, message=_describe(report))
+    jobs.set_progress(db=db, job_id=job_id, done=1, message=describe_export(report))
     jobs.finish_job(db=db, job_id=job_id, status="succeeded")
     return report
 
@@ -122,8 +122,14 @@ def _test_bleu_4(db: Engine, dataset_id: int | None, limit: int = 300):  # type:
     return bleu_4
 
 
-def _describe(report: Any) -> str:
+def describe_export(report: Any) -> str:
+    """One line for the job row and the terminal: paths, parity and, for int8, speed and BLEU-4 change."""
     text = getattr(report, "summary", None)
-    if callable(text):
-        return str(text())
-    return str(text or report)
+    line = str(text()) if callable(text) else str(text or report)
+    quantized = getattr(report, "quantize", None)
+    if quantized is not None and quantized.speedup < 1.0:
+        line += (
+            f". NOTE: int8 is {quantized.speedup:.2f}× the fp32 speed on this CPU (integer kernels are not faster"
+            " here); it is served anyway as asked: re-export without --quantize to serve fp32"
+        )
+    return line

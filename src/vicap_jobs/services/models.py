@@ -10,7 +10,7 @@ from sqlalchemy import Engine, select
 
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Model
-from vicap_jobs.errors import InputError, NotFoundError, UnknownNameError
+from vicap_jobs.errors import InputError, NotFoundError
 from vicap_jobs.models.registry import get_family
 
 
@@ -94,7 +94,9 @@ def resolve_engine_name(model: ModelRef, requested: str | None) -> str:
             return "torch"
         return spec.default_engine
     if requested not in spec.engines:
-        raise UnknownNameError(f"engine for {model.family}", requested, list(spec.engines))
+        from vicap_jobs.engines import UnknownEngineError
+
+        raise UnknownEngineError(requested, list(spec.engines), kind=f"engine for {model.family}")
     if requested == "onnx" and not model.onnx_path:
         raise InputError(
             f"model {model.name!r} has no ONNX export yet; run `vicap-jobs export onnx {model.name}` or use --engine torch"

@@ -34,10 +34,26 @@ def train_options(values: dict[str, Any]) -> Any:
     if unknown:
         raise InputError(f"unknown training option(s): {', '.join(unknown)}")
     clean = {k: v for k, v in values.items() if v is not None}
+    if "device" in clean:
+        check_device(str(clean["device"]))
     weights = clean.get("backbone_weights")
     if weights not in (None, "pretrained", "random"):
         clean["backbone_weights"] = Path(weights)
     return TrainOptions(**clean)
+
+
+def check_device(device: str) -> None:
+    """A torch device string this machine can train on, or InputError saying why not."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for, but torch sees no CUDA GPU here; use --device cpu")
+    if parsed.type not in ("cpu", "cuda"):
+        raise InputError(f"unsupported device {device!r}; use cpu, cuda or cuda:N")
 
 
 def create_train_job(*, db: Engine, name: str, family: str, dataset: str, options: dict[str, Any]) -> int:
@@ -65,6 +81,7 @@ def run_train_job(*, db: Engine, job_id: int, progress_bar: bool = False) -> int
         val = load_samples(db=db, dataset=params["dataset"], split="val")
         if not train:
             raise InputError(f"data set {params['dataset']!r} has no train images on disk")
+        _ensure_still_free(db, params["name"], job_id)
         if out_dir.exists():
             shutil.rmtree(out_dir)  # left by an earlier attempt of this job; the name was free when it was submitted
         spec = get_family(params["family"])
@@ -107,6 +124,22 @@ def run_train_job(*, db: Engine, job_id: int, progress_bar: bool = False) -> int
     _attach_model(db, job_id, model_id)
     jobs.finish_job(db=db, job_id=job_id, status="succeeded")
     return model_id
+
+
+def _ensure_still_free(db: Engine, name: str, job_id: int) -> None:
+    """Two queued jobs may ask for one name; the first to finish keeps it, the other fails before training."""
+    from sqlalchemy import select
+
+    from vicap_jobs.db.session import session_scope
+    from vicap_jobs.db.tables import Model
+
+    with session_scope(db) as session:
+        owner = session.scalar(select(Model.trained_by_job_id).where(Model.name == name))
+        exists = session.scalar(select(Model.id).where(Model.name == name)) is not None
+    if exists and owner != job_id:
+        raise InputError(
+            f"a model named {name!r} was registered after this job was submitted (by job {owner}); resubmit with another name"
+        )
 
 
 def _attach_model(db: Engine, job_id: int, model_id: int) -> None:

@@ -185,17 +185,35 @@ def cached_features(
 
     extracted = 0
     if missing:
-        log.info("extracting %s features of %d images (%s, %d px) into %s",
-                 key.split, len(missing), key.backbone, key.image_size, path)
+        log.info(
+            "extracting %s features of %d images (%s, %d px) into %s",
+            key.split,
+            len(missing),
+            key.backbone,
+            key.image_size,
+            path,
+        )
         new = extract_features(
-            extractor, list(missing.values()), image_size=key.image_size, batch_size=batch_size,
-            device=device, desc=f"features {key.split}", progress=progress,
+            extractor,
+            list(missing.values()),
+            image_size=key.image_size,
+            batch_size=batch_size,
+            device=device,
+            desc=f"features {key.split}",
+            progress=progress,
         )
         if stored_features is not None and stored_features.shape[1:] != new.shape[1:]:
             log.warning("feature cache %s holds grids of another shape; extracting all again", path)
             path.unlink(missing_ok=True)
-            return cached_features(key=key, samples=samples, extractor=extractor, cache_dir=cache_dir,
-                                   batch_size=batch_size, device=device, progress=progress)
+            return cached_features(
+                key=key,
+                samples=samples,
+                extractor=extractor,
+                cache_dir=cache_dir,
+                batch_size=batch_size,
+                device=device,
+                progress=progress,
+            )
         stored_features = new if stored_features is None else torch.cat([stored_features, new])
         for image_id in missing:
             row_of[image_id] = len(stored_ids)

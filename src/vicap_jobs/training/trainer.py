@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from vicap_jobs.data.samples import CaptionSample
 from vicap_jobs.data.text import Tokenization, check_tokenization, detokenize
 from vicap_jobs.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocabulary
-from vicap_jobs.errors import InputError, UnknownNameError
+from vicap_jobs.errors import InputError, UnknownNameError, VicapError
 from vicap_jobs.metrics.scores import score_captions
 from vicap_jobs.models.checkpoint import save_checkpoint
 from vicap_jobs.models.decoding import greedy_decode
@@ -117,8 +117,16 @@ class TrainOptions:
             raise InputError(f"TrainOptions.warmup_steps must be non-negative, got {self.warmup_steps}")
         if not 0.0 <= self.decay_fraction <= 1.0:
             raise InputError(f"TrainOptions.decay_fraction must be in [0, 1], got {self.decay_fraction}")
-        positive = ("epochs", "batch_size", "patience", "image_size", "decode_max_len",
-                    "eval_batch_size", "feature_batch_size", "min_freq")
+        positive = (
+            "epochs",
+            "batch_size",
+            "patience",
+            "image_size",
+            "decode_max_len",
+            "eval_batch_size",
+            "feature_batch_size",
+            "min_freq",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise InputError(f"TrainOptions.{name} must be at least 1, got {getattr(self, name)}")
@@ -129,11 +137,15 @@ class TrainOptions:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise InputError(f"TrainOptions.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not (self.backbone_weights in ("pretrained", "random") or isinstance(self.backbone_weights, Path)):
-            raise InputError(f"backbone_weights must be 'pretrained', 'random' or a Path, got {self.backbone_weights!r}")
+            raise InputError(
+                f"backbone_weights must be 'pretrained', 'random' or a Path, got {self.backbone_weights!r}"
+            )
 
     def to_json(self) -> dict[str, Any]:
         """The options as JSON-ready values (paths as strings), for checkpoint meta."""
-        return {name: str(value) if isinstance(value, Path) else value for name, value in dataclasses.asdict(self).items()}
+        return {
+            name: str(value) if isinstance(value, Path) else value for name, value in dataclasses.asdict(self).items()
+        }
 
 
 @dataclass(frozen=True)
@@ -199,8 +211,10 @@ def _check_out_dir(out_dir: Path) -> None:
             raise InputError(f"output path {out_dir} exists and is not a folder")
         extra = sorted(p.name for p in out_dir.iterdir() if p.name not in CHECKPOINT_FILES)
         if extra:
-            raise InputError(f"output folder {out_dir} holds files that are not a checkpoint ({', '.join(extra[:5])}); "
-                             "choose an empty or new folder")
+            raise InputError(
+                f"output folder {out_dir} holds files that are not a checkpoint ({', '.join(extra[:5])}); "
+                "choose an empty or new folder"
+            )
 
 
 def _model_config(spec: FamilySpec, options: TrainOptions, vocab_size: int) -> Any:
@@ -222,8 +236,12 @@ def _model_config(spec: FamilySpec, options: TrainOptions, vocab_size: int) -> A
     return spec.config_cls(**{name: value for name, value in values.items() if name in known})
 
 
-def _prepare_split(samples: Sequence[CaptionSample], vocab: Vocabulary, options: TrainOptions,
-                   token_lists: list[list[list[str]]] | None = None) -> _Split:
+def _prepare_split(
+    samples: Sequence[CaptionSample],
+    vocab: Vocabulary,
+    options: TrainOptions,
+    token_lists: list[list[list[str]]] | None = None,
+) -> _Split:
     """Tokenize and encode a split, dropping images left without any non-empty caption."""
     token_lists = token_lists if token_lists is not None else tokenize_samples(samples, options.tokenization)
     kept = [(s, t) for s, t in zip(samples, token_lists, strict=True) if any(t)]
@@ -234,8 +252,9 @@ def _prepare_split(samples: Sequence[CaptionSample], vocab: Vocabulary, options:
 # ------------------------------------------------------------------------------------------- the loop
 
 
-def _image_features(model: nn.Module, split: _Split, rows: list[int], options: TrainOptions,
-                    device: torch.device) -> Tensor:
+def _image_features(
+    model: nn.Module, split: _Split, rows: list[int], options: TrainOptions, device: torch.device
+) -> Tensor:
     """Backbone grids (B, C, h, w) float32 of images `rows`: from the cache, or the backbone when fine-tuning."""
     index = torch.as_tensor(rows, dtype=torch.long)
     if split.features is not None:
@@ -247,8 +266,9 @@ def _image_features(model: nn.Module, split: _Split, rows: list[int], options: T
     return model.extract_features(pixels.to(device))
 
 
-def _batch_loss(model: nn.Module, features: Tensor, batch: CaptionBatch, device: torch.device,
-                label_smoothing: float) -> tuple[Tensor, int]:
+def _batch_loss(
+    model: nn.Module, features: Tensor, batch: CaptionBatch, device: torch.device, label_smoothing: float
+) -> tuple[Tensor, int]:
     """Mean cross-entropy over non-PAD targets of `batch` and the number of those targets."""
     per_caption = features.index_select(0, batch.image_row.to(device))  # (B_cap, C, h, w)
     logits = model(per_caption, batch.tokens_in.to(device))  # (B_cap, T, V)
@@ -262,8 +282,9 @@ def _batch_loss(model: nn.Module, features: Tensor, batch: CaptionBatch, device:
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, split: _Split, vocab: Vocabulary, options: TrainOptions,
-              device: torch.device) -> tuple[float, float]:
+def _evaluate(
+    model: nn.Module, split: _Split, vocab: Vocabulary, options: TrainOptions, device: torch.device
+) -> tuple[float, float]:
     """Validation loss (per target token, no smoothing) and BLEU-4 of greedy captions (0..1)."""
     model.eval()
     total_loss, total_tokens = 0.0, 0
@@ -273,8 +294,14 @@ def _evaluate(model: nn.Module, split: _Split, vocab: Vocabulary, options: Train
         loss, n_tokens = _batch_loss(model, features, batch_for_images(split.encoded, rows), device, 0.0)
         total_loss += loss.item() * n_tokens
         total_tokens += n_tokens
-        sequences = greedy_decode(model.step, model.start(features), batch_size=len(rows), bos_id=BOS_ID,
-                                  eos_id=EOS_ID, max_len=options.decode_max_len)
+        sequences = greedy_decode(
+            model.step,
+            model.start(features),
+            batch_size=len(rows),
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            max_len=options.decode_max_len,
+        )
         for row, ids in zip(rows, sequences, strict=True):
             predictions[split.samples[row].image_id] = detokenize(vocab.decode(ids))
     references = {sample.image_id: list(sample.captions) for sample in split.samples}
@@ -289,6 +316,38 @@ def _make_optimizer(model: nn.Module, options: TrainOptions) -> torch.optim.Opti
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": options.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=options.lr)
+
+
+def _train_epoch(
+    model: nn.Module,
+    split: _Split,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    shuffler: torch.Generator,
+    options: TrainOptions,
+    device: torch.device,
+    bar: tqdm,
+) -> float:
+    """One pass over every train caption in shuffled batches; returns the mean loss per target token."""
+    model.train()
+    loss_sum, token_sum = 0.0, 0
+    for captions in index_batches(len(split.encoded.ids), options.batch_size, generator=shuffler):
+        rows, batch = batch_for_captions(split.encoded, captions)
+        features = _image_features(model, split, rows, options, device)  # (B_img, C, h, w)
+        loss, n_tokens = _batch_loss(model, features, batch, device, options.label_smoothing)
+        if not torch.isfinite(loss):
+            raise VicapError(f"training diverged (loss {loss.item()}); lower the learning rate (now {options.lr:g})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if options.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+        optimizer.step()
+        schedule.step()
+        loss_sum += loss.item() * n_tokens
+        token_sum += n_tokens
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum / token_sum:.3f}", lr=f"{schedule.get_last_lr()[0]:.1e}")
+    return loss_sum / max(token_sum, 1)
 
 
 def _lr_factor(step: int, total_steps: int, options: TrainOptions) -> float:
@@ -316,6 +375,8 @@ def _save_best(out_dir: Path, model: nn.Module, family: str, vocab: Vocabulary, 
             os.replace(out_dir, previous)
         os.replace(temporary, out_dir)
     finally:
+        if previous.exists() and not out_dir.exists():  # the swap failed half-way: keep the earlier best
+            os.replace(previous, out_dir)
         shutil.rmtree(temporary, ignore_errors=True)
         shutil.rmtree(previous, ignore_errors=True)
 
@@ -350,8 +411,11 @@ def train_model(
     device = torch.device(options.device)
 
     train_tokens = tokenize_samples(train, options.tokenization)
-    vocab = Vocabulary.build((tokens for captions in train_tokens for tokens in captions),
-                             min_freq=options.min_freq, tokenization=options.tokenization)
+    vocab = Vocabulary.build(
+        (tokens for captions in train_tokens for tokens in captions),
+        min_freq=options.min_freq,
+        tokenization=options.tokenization,
+    )
     if len(vocab) <= 4:
         raise InputError("the train captions have no words after normalization")
     train_split = _prepare_split(train, vocab, options, train_tokens)
@@ -376,24 +440,9 @@ def train_model(
         bar = tqdm(total=total_steps, desc=f"train {family}", unit="step", disable=not options.progress_bar)
         try:
             for epoch in range(1, options.epochs + 1):
-                model.train()
-                loss_sum, token_sum = 0.0, 0
-                for captions in index_batches(len(train_split.encoded.ids), options.batch_size, generator=shuffler):
-                    rows, batch = batch_for_captions(train_split.encoded, captions)
-                    features = _image_features(model, train_split, rows, options, device)  # (B_img, C, h, w)
-                    loss, n_tokens = _batch_loss(model, features, batch, device, options.label_smoothing)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if options.grad_clip > 0:
-                        nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
-                    optimizer.step()
-                    schedule.step()
-                    step += 1
-                    loss_sum += loss.item() * n_tokens
-                    token_sum += n_tokens
-                    bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{loss_sum / token_sum:.3f}")
-
+                bar.set_description(f"train {family} epoch {epoch}/{options.epochs}")
+                train_loss = _train_epoch(model, train_split, optimizer, schedule, shuffler, options, device, bar)
+                step += steps_per_epoch
                 val_loss, val_bleu4 = _evaluate(model, val_split, vocab, options, device)
                 score = val_bleu4 if higher_is_better else -val_loss
                 improved = score > best_score
@@ -403,25 +452,52 @@ def train_model(
                 else:
                     bad_epochs += 1
                 progress = TrainProgress(
-                    epoch=epoch, epochs=options.epochs, step=step, steps=total_steps,
-                    train_loss=loss_sum / max(token_sum, 1), val_loss=val_loss, val_bleu4=val_bleu4,
-                    elapsed=time.perf_counter() - started, best_epoch=best_epoch, improved=improved,
+                    epoch=epoch,
+                    epochs=options.epochs,
+                    step=step,
+                    steps=total_steps,
+                    train_loss=train_loss,
+                    val_loss=val_loss,
+                    val_bleu4=val_bleu4,
+                    elapsed=time.perf_counter() - started,
+                    best_epoch=best_epoch,
+                    improved=improved,
                 )
                 history.append(progress)
-                log.info("%s epoch %d/%d: train_loss %.4f, val_loss %.4f, val_bleu4 %.4f%s (%.1f s)",
-                         family, epoch, options.epochs, progress.train_loss, val_loss, val_bleu4,
-                         " (best)" if improved else "", progress.elapsed)
+                log.info(
+                    "%s epoch %d/%d: train_loss %.4f, val_loss %.4f, val_bleu4 %.4f%s (%.1f s)",
+                    family,
+                    epoch,
+                    options.epochs,
+                    progress.train_loss,
+                    val_loss,
+                    val_bleu4,
+                    " (best)" if improved else "",
+                    progress.elapsed,
+                )
                 if improved:
-                    meta = _meta(options, dataset_key, history, best_epoch, stopped_early=False,
-                                 n_train=len(train_split.samples), n_val=len(val_split.samples))
+                    meta = _meta(
+                        options,
+                        dataset_key,
+                        history,
+                        best_epoch,
+                        stopped_early=False,
+                        n_train=len(train_split.samples),
+                        n_val=len(val_split.samples),
+                    )
                     _save_best(out_dir, model, family, vocab, meta)
                 if on_progress is not None:
                     on_progress(progress)
                 if bad_epochs >= options.patience:
                     stopped_early = epoch < options.epochs
                     if stopped_early:
-                        log.info("%s: no improvement of %s for %d epochs; stopping after epoch %d",
-                                 family, options.early_stop_on, bad_epochs, epoch)
+                        log.info(
+                            "%s: no improvement of %s for %d epochs; stopping after epoch %d",
+                            family,
+                            options.early_stop_on,
+                            bad_epochs,
+                            epoch,
+                        )
                     break
         finally:
             bar.close()
@@ -429,28 +505,59 @@ def train_model(
     # Rewrite the best checkpoint once more so its meta tells the whole run (epochs run, stop reason).
     assert best_state is not None
     model.load_state_dict(best_state)
-    meta = _meta(options, dataset_key, history, best_epoch, stopped_early=stopped_early,
-                 n_train=len(train_split.samples), n_val=len(val_split.samples))
+    meta = _meta(
+        options,
+        dataset_key,
+        history,
+        best_epoch,
+        stopped_early=stopped_early,
+        n_train=len(train_split.samples),
+        n_val=len(val_split.samples),
+    )
     _save_best(out_dir, model, family, vocab, meta)
     best = history[best_epoch - 1]
-    return TrainResult(out_dir=out_dir, best_epoch=best_epoch, val_loss=best.val_loss, val_bleu4=best.val_bleu4,
-                       history=history, vocab_size=len(vocab), seconds=time.perf_counter() - started,
-                       stopped_early=stopped_early)
+    return TrainResult(
+        out_dir=out_dir,
+        best_epoch=best_epoch,
+        val_loss=best.val_loss,
+        val_bleu4=best.val_bleu4,
+        history=history,
+        vocab_size=len(vocab),
+        seconds=time.perf_counter() - started,
+        stopped_early=stopped_early,
+    )
 
 
-def _attach_inputs(model: nn.Module, splits: list[_Split], options: TrainOptions, cache_dir: Path,
-                   dataset_key: str, device: torch.device) -> None:
+def _attach_inputs(
+    model: nn.Module,
+    splits: list[_Split],
+    options: TrainOptions,
+    cache_dir: Path,
+    dataset_key: str,
+    device: torch.device,
+) -> None:
     """Give each split its cached features (frozen backbone) or, if small enough, its pixels (fine-tuning)."""
     if model.backbone_frozen:
         model.eval()
         backbone = getattr(model, "backbone", model)
         weights_id = module_digest(backbone)
         for name, split in zip(("train", "val"), splits, strict=True):
-            key = FeatureKey(dataset_key=dataset_key, split=name, backbone=options.backbone,
-                             weights_id=weights_id, image_size=options.image_size)
-            table = cached_features(key=key, samples=split.samples, extractor=model.extract_features,
-                                    cache_dir=cache_dir, batch_size=options.feature_batch_size, device=device,
-                                    progress=options.progress_bar)
+            key = FeatureKey(
+                dataset_key=dataset_key,
+                split=name,
+                backbone=options.backbone,
+                weights_id=weights_id,
+                image_size=options.image_size,
+            )
+            table = cached_features(
+                key=key,
+                samples=split.samples,
+                extractor=model.extract_features,
+                cache_dir=cache_dir,
+                batch_size=options.feature_batch_size,
+                device=device,
+                progress=options.progress_bar,
+            )
             split.features = table.features
         return
     for split in splits:
@@ -459,8 +566,16 @@ def _attach_inputs(model: nn.Module, splits: list[_Split], options: TrainOptions
             split.pixels = load_pixels(split.samples, options.image_size)  # (N, 3, S, S)
 
 
-def _meta(options: TrainOptions, dataset_key: str, history: list[TrainProgress], best_epoch: int, *,
-          stopped_early: bool, n_train: int, n_val: int) -> dict[str, Any]:
+def _meta(
+    options: TrainOptions,
+    dataset_key: str,
+    history: list[TrainProgress],
+    best_epoch: int,
+    *,
+    stopped_early: bool,
+    n_train: int,
+    n_val: int,
+) -> dict[str, Any]:
     """Checkpoint meta: how the best epoch was reached (the checkpoint adds config and versions)."""
     best = history[best_epoch - 1]
     return {
@@ -474,6 +589,8 @@ def _meta(options: TrainOptions, dataset_key: str, history: list[TrainProgress],
         "train_images": n_train,
         "val_images": n_val,
         "options": options.to_json(),
-        "history": [{"epoch": h.epoch, "train_loss": h.train_loss, "val_loss": h.val_loss,
-                     "val_bleu4": h.val_bleu4} for h in history],
+        "history": [
+            {"epoch": h.epoch, "train_loss": h.train_loss, "val_loss": h.val_loss, "val_bleu4": h.val_bleu4}
+            for h in history
+        ],
     }
