@@ -38,11 +38,29 @@ def main() -> None:
     settings = get_settings()
     db = open_engine(settings)
     device = os.environ.get("GPU_CHECK_DEVICE", "cuda")
-    create_synth_dataset(db=db, name="synth", n_images=int(os.environ.get("GPU_CHECK_IMAGES", "300")), seed=0, size=64, out_dir=home / "synth")
+    create_synth_dataset(
+        db=db,
+        name="synth",
+        n_images=int(os.environ.get("GPU_CHECK_IMAGES", "300")),
+        seed=0,
+        size=64,
+        out_dir=home / "synth",
+    )
     started = time.perf_counter()
-    job_id = create_train_job(db=db, name="gpu-attn", family="cnn-lstm-attn", dataset="synth",
-                              options={"backbone": "tiny", "backbone_weights": "random", "finetune_backbone": True,
-                                       "image_size": 64, "epochs": int(os.environ.get("GPU_CHECK_EPOCHS", "4")), "device": device})
+    job_id = create_train_job(
+        db=db,
+        name="gpu-attn",
+        family="cnn-lstm-attn",
+        dataset="synth",
+        options={
+            "backbone": "tiny",
+            "backbone_weights": "random",
+            "finetune_backbone": True,
+            "image_size": 64,
+            "epochs": int(os.environ.get("GPU_CHECK_EPOCHS", "4")),
+            "device": device,
+        },
+    )
     run_train_job(db=db, job_id=job_id)
     report["train_cuda_s"] = round(time.perf_counter() - started, 1)
     report["train_message"] = jobs.get_job(db=db, job_id=job_id).progress_message
@@ -55,7 +73,7 @@ def main() -> None:
     checkpoint = settings.models_dir / "gpu-attn"
     on_cpu = load_engine("torch", checkpoint, device="cpu").caption(images)
     on_gpu = load_engine("torch", checkpoint, device=device).caption(images)
-    report["torch_cuda_vs_cpu_equal"] = sum(a == b for a, b in zip(on_cpu, on_gpu)) / len(images)
+    report["torch_cuda_vs_cpu_equal"] = sum(a == b for a, b in zip(on_cpu, on_gpu, strict=True)) / len(images)
     report["example_caption"] = on_gpu[0]
 
     from vicap_jobs.worker.dispatch import LocalWorker, enqueue_chunks, live_workers, wait_for_job
@@ -66,16 +84,29 @@ def main() -> None:
         deadline = time.monotonic() + 90
         while not live_workers(db=db) and time.monotonic() < deadline:
             time.sleep(0.5)
-        plan = create_caption_job(db=db, folder=home / "synth" / "images" / "test", model="gpu-attn", engine_name="torch",
-                                  recursive=False, batch_size=16, chunk_size=8, device="gpu0")
+        plan = create_caption_job(
+            db=db,
+            folder=home / "synth" / "images" / "test",
+            model="gpu-attn",
+            engine_name="torch",
+            recursive=False,
+            batch_size=16,
+            chunk_size=8,
+            device="gpu0",
+        )
         from vicap_jobs.worker.dispatch import queue_for_gpu
 
         enqueue_chunks(db=db, chunk_ids=plan.chunk_ids, queue=queue_for_gpu(0))
         summary = wait_for_job(db=db, job_id=plan.job_id, gpu=0)
     finally:
         worker.stop()
-    report["worker_gpu0"] = {"status": summary.status, "done": summary.done, "failed": summary.failed,
-                             "device": summary.device, "images_per_s": summary.throughput}
+    report["worker_gpu0"] = {
+        "status": summary.status,
+        "done": summary.done,
+        "failed": summary.failed,
+        "device": summary.device,
+        "images_per_s": summary.throughput,
+    }
     log = worker.log_path.read_text()[-1500:] if worker.log_path.exists() else ""
     report["worker_log_tail"] = log
     out.mkdir(parents=True, exist_ok=True)

@@ -45,8 +45,10 @@ def load_split(root: Path, split: str) -> list[CaptionSample]:
     captions: dict[int, list[str]] = {}
     for annotation in coco["annotations"]:
         captions.setdefault(annotation["image_id"], []).append(annotation["caption"])
-    return [CaptionSample(image["id"], root / "images" / split / image["file_name"], tuple(captions[image["id"]]))
-            for image in coco["images"]]
+    return [
+        CaptionSample(image["id"], root / "images" / split / image["file_name"], tuple(captions[image["id"]]))
+        for image in coco["images"]
+    ]
 
 
 def teacher_forcing_batches(ids: list[list[int]], rows: list[int], batch_size: int):  # noqa: ANN201
@@ -79,15 +81,20 @@ def run_scheme(scheme: str, data_dir: str, n_epochs: int, queue: mp.Queue) -> No
     vocab = Vocabulary.build((t for caps in tokens for t in caps), tokenization=options.tokenization)
     encoded = encode_captions(tokens, vocab, max_len=options.max_len)
     spec = get_family("cnn-lstm")
-    fields = {"vocab_size": len(vocab), "backbone": options.backbone, "image_size": options.image_size,
-              "finetune_backbone": False}
+    fields = {
+        "vocab_size": len(vocab),
+        "backbone": options.backbone,
+        "image_size": options.image_size,
+        "finetune_backbone": False,
+    }
     for name in ("embed_dim", "hidden_dim", "dropout"):
         if getattr(options, name) is not None:
             fields[name] = getattr(options, name)
     model = spec.build(spec.config_cls(**fields), backbone_weights="random")
     model.eval()
-    features = extract_features(model.extract_features, train, image_size=options.image_size,
-                                progress=False).float()  # (N, C, h, w)
+    features = extract_features(
+        model.extract_features, train, image_size=options.image_size, progress=False
+    ).float()  # (N, C, h, w)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=options.lr)
     make_batches = teacher_forcing_batches if scheme == "teacher_forcing" else prefix_batches
     batch_size = 64
@@ -106,24 +113,29 @@ def run_scheme(scheme: str, data_dir: str, n_epochs: int, queue: mp.Queue) -> No
             steps += 1
         epoch_seconds.append(time.perf_counter() - started)
     epoch_seconds = epoch_seconds[1:]
-    queue.put({
-        "scheme": scheme,
-        "captions": len(encoded.ids),
-        "samples_per_epoch": len(encoded.ids) if scheme == "teacher_forcing"
-        else sum(len(seq) - 1 for seq in encoded.ids),
-        "steps_per_epoch": steps,
-        "batch_size": batch_size,
-        "epoch_seconds": epoch_seconds,
-        "seconds_per_epoch": statistics.median(epoch_seconds),
-        "fastest_epoch_seconds": min(epoch_seconds),
-        "peak_rss_mib": peak_rss_mb(),
-    })
+    queue.put(
+        {
+            "scheme": scheme,
+            "captions": len(encoded.ids),
+            "samples_per_epoch": len(encoded.ids)
+            if scheme == "teacher_forcing"
+            else sum(len(seq) - 1 for seq in encoded.ids),
+            "steps_per_epoch": steps,
+            "batch_size": batch_size,
+            "epoch_seconds": epoch_seconds,
+            "seconds_per_epoch": statistics.median(epoch_seconds),
+            "fastest_epoch_seconds": min(epoch_seconds),
+            "peak_rss_mib": peak_rss_mb(),
+        }
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=150, help="synthetic images generated (70%% go to train)")
-    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per scheme, after one warm-up (median reported)")
+    parser.add_argument(
+        "--epochs", type=int, default=5, help="timed epochs per scheme, after one warm-up (median reported)"
+    )
     args = parser.parse_args()
     context = mp.get_context("spawn")
     results: dict[str, Any] = {}
@@ -136,24 +148,32 @@ def main() -> None:
             results[scheme] = queue.get()
             process.join()
     ratio = results["prefix_expansion"]["seconds_per_epoch"] / results["teacher_forcing"]["seconds_per_epoch"]
-    fastest_ratio = (results["prefix_expansion"]["fastest_epoch_seconds"]
-                     / results["teacher_forcing"]["fastest_epoch_seconds"])
-    path = write_result("train_epoch", {
-        "family": "cnn-lstm",
-        "note": "frozen tiny-backbone features; decoder training only; same captions, batch 64 samples",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        **results,
-        "prefix_over_teacher_forcing": ratio,
-        "prefix_over_teacher_forcing_fastest": fastest_ratio,
-        "load_average_1min": os.getloadavg()[0],
-    })
+    fastest_ratio = (
+        results["prefix_expansion"]["fastest_epoch_seconds"] / results["teacher_forcing"]["fastest_epoch_seconds"]
+    )
+    path = write_result(
+        "train_epoch",
+        {
+            "family": "cnn-lstm",
+            "note": "frozen tiny-backbone features; decoder training only; same captions, batch 64 samples",
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            **results,
+            "prefix_over_teacher_forcing": ratio,
+            "prefix_over_teacher_forcing_fastest": fastest_ratio,
+            "load_average_1min": os.getloadavg()[0],
+        },
+    )
     for scheme in ("teacher_forcing", "prefix_expansion"):
         r = results[scheme]
-        print(f"{scheme:17s} {r['seconds_per_epoch']:7.2f} s/epoch  {r['samples_per_epoch']:6d} samples  "
-              f"{r['steps_per_epoch']:4d} steps  peak RSS {r['peak_rss_mib']:.0f} MiB")
-    print(f"prefix expansion / teacher forcing: {ratio:.1f}x median, {fastest_ratio:.1f}x fastest epochs "
-          f"(1-min load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores) -> {path}")
+        print(
+            f"{scheme:17s} {r['seconds_per_epoch']:7.2f} s/epoch  {r['samples_per_epoch']:6d} samples  "
+            f"{r['steps_per_epoch']:4d} steps  peak RSS {r['peak_rss_mib']:.0f} MiB"
+        )
+    print(
+        f"prefix expansion / teacher forcing: {ratio:.1f}x median, {fastest_ratio:.1f}x fastest epochs "
+        f"(1-min load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores) -> {path}"
+    )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def test_core_services_present(compose: dict) -> None:
 
 
 def test_commands_are_valid_cli_invocations(compose: dict) -> None:
-    for name, service in compose["services"].items():
+    for _name, service in compose["services"].items():
         if (
             service.get("image", "").startswith("vicap-jobs")
             and "entrypoint" not in service

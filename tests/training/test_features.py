@@ -48,14 +48,16 @@ def key(**changes: object) -> FeatureKey:
 
 def test_second_call_hits_cache_without_backbone(samples: list[CaptionSample], tmp_path: Path) -> None:
     extractor = CountingExtractor()
-    first = cached_features(key=key(), samples=samples, extractor=extractor, cache_dir=tmp_path / "c",
-                            batch_size=2, progress=False)
+    first = cached_features(
+        key=key(), samples=samples, extractor=extractor, cache_dir=tmp_path / "c", batch_size=2, progress=False
+    )
     assert extractor.calls == 3  # batched: 5 images in batches of 2
     assert first.extracted == 5 and first.features.shape == (5, 3, 2, 2)
 
     again = CountingExtractor()
-    second = cached_features(key=key(), samples=samples[::-1], extractor=again, cache_dir=tmp_path / "c",
-                             progress=False)
+    second = cached_features(
+        key=key(), samples=samples[::-1], extractor=again, cache_dir=tmp_path / "c", progress=False
+    )
     assert again.calls == 0 and second.extracted == 0
     assert second.image_ids == [s.image_id for s in samples[::-1]]
     assert torch.equal(second.features, first.features.flip(0))  # rows follow the order asked for
@@ -68,8 +70,10 @@ def test_only_missing_images_are_extracted(samples: list[CaptionSample], tmp_pat
     assert extractor.images == 2 and table.extracted == 2 and table.features.shape[0] == 5
 
 
-@pytest.mark.parametrize("change", [{"image_size": 32}, {"backbone": "vgg16"}, {"weights_id": "other"},
-                                    {"split": "val"}, {"dataset_key": "uit-viic"}])
+@pytest.mark.parametrize(
+    "change",
+    [{"image_size": 32}, {"backbone": "vgg16"}, {"weights_id": "other"}, {"split": "val"}, {"dataset_key": "uit-viic"}],
+)
 def test_key_change_means_new_file(samples: list[CaptionSample], tmp_path: Path, change: dict) -> None:
     base = key()
     changed = key(**change)
@@ -92,8 +96,9 @@ def test_image_size_reaches_the_extractor(samples: list[CaptionSample], tmp_path
 
 
 def test_stored_as_fp16_with_key_metadata(samples: list[CaptionSample], tmp_path: Path) -> None:
-    table = cached_features(key=key(), samples=samples, extractor=CountingExtractor(), cache_dir=tmp_path,
-                            progress=False)
+    table = cached_features(
+        key=key(), samples=samples, extractor=CountingExtractor(), cache_dir=tmp_path, progress=False
+    )
     assert table.features.dtype == torch.float16
     with safe_open(str(table.path), framework="pt") as handle:
         assert handle.get_tensor("features").dtype == torch.float16
@@ -113,21 +118,24 @@ def test_crash_leaves_no_cache_file(samples: list[CaptionSample], tmp_path: Path
         return pixels[:, :, :2, :2]
 
     with pytest.raises(RuntimeError):
-        cached_features(key=key(), samples=samples, extractor=crashing, cache_dir=tmp_path / "c", batch_size=2,
-                        progress=False)
+        cached_features(
+            key=key(), samples=samples, extractor=crashing, cache_dir=tmp_path / "c", batch_size=2, progress=False
+        )
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
 
 
-def test_crash_while_writing_leaves_no_half_file(samples: list[CaptionSample], tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_while_writing_leaves_no_half_file(
+    samples: list[CaptionSample], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def half_write(tensors: dict, filename: str, metadata: dict) -> None:
         Path(filename).write_bytes(b"half a file")
         raise OSError("disk full")
 
     monkeypatch.setattr(features_module, "save_file", half_write)
     with pytest.raises(OSError, match="disk full"):
-        cached_features(key=key(), samples=samples, extractor=CountingExtractor(), cache_dir=tmp_path / "c",
-                        progress=False)
+        cached_features(
+            key=key(), samples=samples, extractor=CountingExtractor(), cache_dir=tmp_path / "c", progress=False
+        )
     assert list((tmp_path / "c").iterdir()) == []
 
 

@@ -49,8 +49,9 @@ def read_split(root: Path, split: str) -> tuple[list[CaptionSample], dict[int, d
     annotations = root / "annotations" / f"captions_{split}.json"
     parsed = read_coco_captions(annotations)
     samples = [
-        CaptionSample(image.coco_id or 0, root / "images" / split / image.file_name,
-                      tuple(text for text, _ in image.captions))
+        CaptionSample(
+            image.coco_id or 0, root / "images" / split / image.file_name, tuple(text for text, _ in image.captions)
+        )
         for image in parsed.images
     ]
     coco = json.loads(annotations.read_text(encoding="utf-8"))
@@ -74,8 +75,9 @@ def greedy_captions(checkpoint: Path, samples: list[CaptionSample], max_len: int
     loaded = load_checkpoint(checkpoint)
     model, vocab = loaded.model, loaded.vocab
     features = model.extract_features(load_pixels(samples, loaded.manifest["image_size"]))  # (N, C, h, w)
-    sequences = greedy_decode(model.step, model.start(features), batch_size=len(samples), bos_id=BOS_ID,
-                              eos_id=EOS_ID, max_len=max_len)
+    sequences = greedy_decode(
+        model.step, model.start(features), batch_size=len(samples), bos_id=BOS_ID, eos_id=EOS_ID, max_len=max_len
+    )
     return {sample.image_id: detokenize(vocab.decode(ids)) for sample, ids in zip(samples, sequences, strict=True)}
 
 
@@ -83,26 +85,40 @@ def greedy_captions(checkpoint: Path, samples: list[CaptionSample], max_len: int
 def test_family_beats_blind_baseline_and_names_what_it_sees(family: str, synth: SynthSplits, tmp_path: Path) -> None:
     options = dataclasses.replace(TrainOptions(), progress_bar=False)  # the tuned defaults the demo uses
     started = time.perf_counter()
-    result = train_model(family=family, options=options, train=synth.train, val=synth.val,
-                         out_dir=tmp_path / family, cache_dir=tmp_path / "cache", dataset_key="viic-synth-1000")
+    result = train_model(
+        family=family,
+        options=options,
+        train=synth.train,
+        val=synth.val,
+        out_dir=tmp_path / family,
+        cache_dir=tmp_path / "cache",
+        dataset_key="viic-synth-1000",
+    )
     seconds = time.perf_counter() - started
 
     predictions = greedy_captions(result.out_dir, synth.test, options.decode_max_len)
     references = {sample.image_id: list(sample.captions) for sample in synth.test}
     model = score_captions(predictions, references, tokenization=options.tokenization)
-    baseline = choose_blind_baseline({s.image_id: list(s.captions) for s in synth.train},
-                                     tokenization=options.tokenization)
+    baseline = choose_blind_baseline(
+        {s.image_id: list(s.captions) for s in synth.train}, tokenization=options.tokenization
+    )
     blind = evaluate_constant(baseline.caption, references, tokenization=options.tokenization)
     mentions = [caption_mentions(predictions[key], synth.test_attributes[key]) for key in predictions]
     named = {name: 100.0 * sum(m[name] for m in mentions) / len(mentions) for name in ("sport", "shirt", "players")}
 
-    print(f"\n[{family}] {seconds:.0f} s, {len(result.history)} epochs (best {result.best_epoch}), "
-          f"val BLEU-4 {100 * result.val_bleu4:.1f}")
-    print(f"[{family}] test BLEU-4 {100 * model.bleu_4:.1f} vs blind {100 * blind.bleu_4:.1f} "
-          f"(+{100 * (model.bleu_4 - blind.bleu_4):.1f}); ROUGE-L {100 * model.rouge_l:.1f} vs blind "
-          f"{100 * blind.rouge_l:.1f} (+{100 * (model.rouge_l - blind.rouge_l):.1f})")
-    print(f"[{family}] names sport {named['sport']:.0f}%, shirt colour {named['shirt']:.0f}%, "
-          f"player count {named['players']:.0f}% of {len(mentions)} test images; blind: {baseline.caption!r}")
+    print(
+        f"\n[{family}] {seconds:.0f} s, {len(result.history)} epochs (best {result.best_epoch}), "
+        f"val BLEU-4 {100 * result.val_bleu4:.1f}"
+    )
+    print(
+        f"[{family}] test BLEU-4 {100 * model.bleu_4:.1f} vs blind {100 * blind.bleu_4:.1f} "
+        f"(+{100 * (model.bleu_4 - blind.bleu_4):.1f}); ROUGE-L {100 * model.rouge_l:.1f} vs blind "
+        f"{100 * blind.rouge_l:.1f} (+{100 * (model.rouge_l - blind.rouge_l):.1f})"
+    )
+    print(
+        f"[{family}] names sport {named['sport']:.0f}%, shirt colour {named['shirt']:.0f}%, "
+        f"player count {named['players']:.0f}% of {len(mentions)} test images; blind: {baseline.caption!r}"
+    )
     for key in list(predictions)[:3]:
         print(f"[{family}]   {synth.test_attributes[key]} -> {predictions[key]}")
 
@@ -120,12 +136,28 @@ def test_densenet201_random_init_trains_saves_and_loads(tmp_path: Path) -> None:
     train, _ = read_split(root, "train")
     val, _ = read_split(root, "val")
     options = TrainOptions(
-        epochs=1, batch_size=8, image_size=64, backbone="densenet201", backbone_weights="random",
-        finetune_backbone=False, embed_dim=32, hidden_dim=64, attention_dim=32, decode_max_len=8, progress_bar=False,
+        epochs=1,
+        batch_size=8,
+        image_size=64,
+        backbone="densenet201",
+        backbone_weights="random",
+        finetune_backbone=False,
+        embed_dim=32,
+        hidden_dim=64,
+        attention_dim=32,
+        decode_max_len=8,
+        progress_bar=False,
     )
     started = time.perf_counter()
-    result = train_model(family="cnn-lstm-attn", options=options, train=train, val=val, out_dir=tmp_path / "ckpt",
-                         cache_dir=tmp_path / "cache", dataset_key="viic-synth-60")
+    result = train_model(
+        family="cnn-lstm-attn",
+        options=options,
+        train=train,
+        val=val,
+        out_dir=tmp_path / "ckpt",
+        cache_dir=tmp_path / "cache",
+        dataset_key="viic-synth-60",
+    )
     print(f"\n[densenet201] train -> checkpoint in {time.perf_counter() - started:.0f} s")
     loaded = load_checkpoint(result.out_dir)
     assert loaded.manifest["backbone"] == "densenet201" and loaded.manifest["image_size"] == 64

@@ -22,26 +22,52 @@ Splits = tuple[list[CaptionSample], list[CaptionSample]]
 def tiny_options(**changes: object) -> TrainOptions:
     """A seconds-long run: tiny backbone at 32 px, small LSTM."""
     options = TrainOptions(
-        epochs=2, lr=5e-3, batch_size=8, patience=5, seed=3, image_size=32, backbone="tiny",
-        backbone_weights="random", finetune_backbone=True, embed_dim=16, hidden_dim=32, attention_dim=16,
-        dropout=0.0, decode_max_len=8, progress_bar=False,
+        epochs=2,
+        lr=5e-3,
+        batch_size=8,
+        patience=5,
+        seed=3,
+        image_size=32,
+        backbone="tiny",
+        backbone_weights="random",
+        finetune_backbone=True,
+        embed_dim=16,
+        hidden_dim=32,
+        attention_dim=16,
+        dropout=0.0,
+        decode_max_len=8,
+        progress_bar=False,
     )
     return dataclasses.replace(options, **changes)
 
 
 def run(tmp_path: Path, splits: Splits, name: str = "ckpt", family: str = "cnn-lstm", **changes: object):
     train, val = splits
-    return train_model(family=family, options=tiny_options(**changes), train=train, val=val,
-                       out_dir=tmp_path / name, cache_dir=tmp_path / "cache", dataset_key="colours")
+    return train_model(
+        family=family,
+        options=tiny_options(**changes),
+        train=train,
+        val=val,
+        out_dir=tmp_path / name,
+        cache_dir=tmp_path / "cache",
+        dataset_key="colours",
+    )
 
 
 @pytest.mark.parametrize("family", ["cnn-lstm", "cnn-lstm-attn"])
 def test_tiny_run_learns_and_leaves_a_loadable_checkpoint(tmp_path: Path, colour_set: Splits, family: str) -> None:
     seen: list[TrainProgress] = []
     train, val = colour_set
-    result = train_model(family=family, options=tiny_options(epochs=3), train=train, val=val,
-                         out_dir=tmp_path / "ckpt", cache_dir=tmp_path / "cache", dataset_key="colours",
-                         on_progress=seen.append)
+    result = train_model(
+        family=family,
+        options=tiny_options(epochs=3),
+        train=train,
+        val=val,
+        out_dir=tmp_path / "ckpt",
+        cache_dir=tmp_path / "cache",
+        dataset_key="colours",
+        on_progress=seen.append,
+    )
     assert [p.epoch for p in seen] == [1, 2, 3] and seen[-1].step == seen[-1].steps == 3 * 64 // 8  # 64 captions
     assert seen[-1].train_loss < seen[0].train_loss
     assert seen[-1].val_loss < seen[0].val_loss
@@ -56,20 +82,26 @@ def test_tiny_run_learns_and_leaves_a_loadable_checkpoint(tmp_path: Path, colour
 
 
 def test_same_seed_same_weights(tmp_path: Path, colour_set: Splits) -> None:
-    one = load_file(str(run(tmp_path, colour_set, "a", family="cnn-lstm-attn", dropout=0.3).out_dir / "model.safetensors"))
-    two = load_file(str(run(tmp_path, colour_set, "b", family="cnn-lstm-attn", dropout=0.3).out_dir / "model.safetensors"))
+    one = load_file(
+        str(run(tmp_path, colour_set, "a", family="cnn-lstm-attn", dropout=0.3).out_dir / "model.safetensors")
+    )
+    two = load_file(
+        str(run(tmp_path, colour_set, "b", family="cnn-lstm-attn", dropout=0.3).out_dir / "model.safetensors")
+    )
     assert one.keys() == two.keys()
     assert all(torch.equal(one[k], two[k]) for k in one)
-    other = load_file(str(run(tmp_path, colour_set, "c", family="cnn-lstm-attn", dropout=0.3, seed=4).out_dir
-                          / "model.safetensors"))
+    other = load_file(
+        str(run(tmp_path, colour_set, "c", family="cnn-lstm-attn", dropout=0.3, seed=4).out_dir / "model.safetensors")
+    )
     assert not all(torch.equal(one[k], other[k]) for k in one)
 
 
 def test_early_stopping_after_patience_epochs(tmp_path: Path, colour_set: Splits) -> None:
     # lr≈0 and a frozen backbone: the greedy captions never change, so val BLEU-4 never improves
     # after the first epoch; `patience` epochs without improvement then end the run.
-    result = run(tmp_path, colour_set, epochs=20, patience=2, lr=1e-12, early_stop_on="val_bleu4",
-                 finetune_backbone=False)
+    result = run(
+        tmp_path, colour_set, epochs=20, patience=2, lr=1e-12, early_stop_on="val_bleu4", finetune_backbone=False
+    )
     assert result.best_epoch == 1
     assert len(result.history) == 3 and result.stopped_early
     meta = json.loads((result.out_dir / "config.json").read_text())
@@ -90,8 +122,9 @@ def test_vocabulary_comes_from_train_only(tmp_path: Path, colour_set: Splits) ->
     assert "màu" in vocab and "ngựa" not in vocab and "vằn" not in vocab
 
 
-def test_frozen_backbone_features_are_cached_and_shared_by_families(tmp_path: Path, colour_set: Splits,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_frozen_backbone_features_are_cached_and_shared_by_families(
+    tmp_path: Path, colour_set: Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run(tmp_path, colour_set, "a", finetune_backbone=False, epochs=1)
     files = sorted((tmp_path / "cache").glob("*.safetensors"))
     assert len(files) == 2  # train and val
@@ -112,8 +145,9 @@ def test_frozen_backbone_features_are_cached_and_shared_by_families(tmp_path: Pa
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 4
 
 
-def test_crash_while_saving_leaves_no_half_checkpoint(tmp_path: Path, colour_set: Splits,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_while_saving_leaves_no_half_checkpoint(
+    tmp_path: Path, colour_set: Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken_save(out_dir: Path, **kwargs: object) -> Path:
         out_dir.mkdir(parents=True)
         (out_dir / "model.safetensors").write_bytes(b"half")
