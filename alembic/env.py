@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from alembic import context
 
-
 from vicap_jobs.db import tables  # noqa: F401  (registers every table on Base.metadata)
 from vicap_jobs.db.base import Base
 from vicap_jobs.db.session import make_engine
