@@ -21,15 +21,17 @@ def compose() -> dict:
 
 
 def _parses(args: list[str]) -> None:
-    """The arguments form a valid vicap-jobs command line (options, choices, required ones)."""
-    context = cli.make_context("vicap-jobs", list(args), resilient_parsing=False)
-    command = context.command
-    rest = context.protected_args + context.args
-    while isinstance(command, click.Group) and rest:
-        sub = command.get_command(context, rest[0])
+    """The arguments form a valid vicap-jobs command line (subcommands, options, choices, required ones)."""
+    command: click.Command = cli
+    parent = click.Context(cli, info_name="vicap-jobs")
+    rest = list(args)
+    while isinstance(command, click.Group):
+        assert rest, f"{args} names a command group, not a command"
+        sub = command.get_command(parent, rest[0])
         assert sub is not None, f"unknown command {rest[0]!r} in {args}"
-        context = sub.make_context(rest[0], rest[1:], parent=context)
-        command, rest = sub, context.protected_args + context.args if isinstance(sub, click.Group) else []
+        parent = click.Context(sub, info_name=rest[0], parent=parent)
+        command, rest = sub, rest[1:]
+    command.make_context(parent.info_name, rest, parent=parent.parent)  # raises on a bad option or value
 
 
 def test_core_services_present(compose: dict) -> None:

@@ -133,7 +133,7 @@ def test_score_captions_rejects_bad_input() -> None:
         score_captions({}, references, tokenization="syllable")
     with pytest.raises(InputError, match="no references"):
         score_captions({1: "chó", 3: "mèo"}, references, tokenization="syllable")
-    with pytest.raises(InputError, match="allow_missing"):
+    with pytest.raises(InputError, match="allow-missing"):
         score_captions({1: "một con chó"}, references, tokenization="syllable")
     with pytest.raises(InputError, match="non-empty list"):
         score_captions({1: "chó"}, {1: "một con chó"}, tokenization="syllable")

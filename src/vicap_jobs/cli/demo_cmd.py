@@ -29,8 +29,8 @@ class DemoPlan:
     dataset: str
 
 
-FULL = DemoPlan(n_images=800, image_size=96, epochs=10, dataset="viic-synth-demo")
-FAST = DemoPlan(n_images=300, image_size=64, epochs=6, dataset="viic-synth-demo-fast")
+FULL = DemoPlan(n_images=1000, image_size=96, epochs=8, dataset="viic-synth-demo")
+FAST = DemoPlan(n_images=500, image_size=64, epochs=8, dataset="viic-synth-demo-fast")
 
 EXAMPLE_QUERIES = (
     (
