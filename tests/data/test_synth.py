@@ -178,7 +178,7 @@ def test_render_scene_is_deterministic_and_seed_dependent() -> None:
 @pytest.mark.parametrize("shirt", SHIRTS)
 def test_shirt_colour_is_visible_at_96px(shirt: str) -> None:
     """A coarse pixel check behind the visual one: enough pixels near the shirt's colour."""
-    from vicap_jobs.data.synth import _SHIRT_RGB
+    from vicap_jobs.data.synth_scenes import _SHIRT_RGB
 
     for sport in SPORTS:
         attrs = SceneAttributes(sport=sport, players=1, shirt=shirt, ball=BALL_POSITIONS[0])
