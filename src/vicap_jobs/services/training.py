@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def train_options(values: dict[str, Any]) -> Any:
     """TrainOptions from plain (JSON) values; unknown keys are an error naming them."""
-    from vicap_jobs.training.trainer import TrainOptions
+    from vicap_jobs.training.options import TrainOptions
 
     known = {f.name for f in dataclasses.fields(TrainOptions)}
     unknown = sorted(set(values) - known)
