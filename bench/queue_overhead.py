@@ -231,7 +231,7 @@ class Worker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        from vicap_jobs.services.jobs import live_workers
+        from vicap_jobs.services.workers import live_workers
 
         log = (self.setup.work / "worker.log").open("ab")
         self.process = subprocess.Popen(
@@ -256,7 +256,7 @@ class Worker:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
-        from vicap_jobs.services.jobs import forget_worker
+        from vicap_jobs.services.workers import forget_worker
 
         forget_worker(db=self.setup.db, name=f"cpu@{socket.gethostname()}")
 

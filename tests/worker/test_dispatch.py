@@ -22,7 +22,7 @@ from vicap_jobs.db.base import utcnow
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Job, JobChunk, Worker
 from vicap_jobs.errors import ConfigError, InputError
-from vicap_jobs.services import jobs
+from vicap_jobs.services import jobs, workers
 from vicap_jobs.services.captioning import create_caption_job
 from vicap_jobs.settings import Settings
 from vicap_jobs.worker import dispatch
@@ -245,7 +245,7 @@ def test_heartbeat_thread_beats_worker_and_chunk_and_reaps(caption_job) -> None:
         time.sleep(1.0)
     finally:
         heartbeat.stop()
-    assert jobs.live_workers(db=db, within_s=5) == ["gpu0@test"]
+    assert workers.live_workers(db=db, within_s=5) == ["gpu0@test"]
     with session_scope(db) as session:
         worker = session.scalar(select(Worker).where(Worker.name == "gpu0@test"))
         assert worker.queues == ["vicap", "gpu.0"] and worker.pid == os.getpid()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.worker.conftest import Deployment
-from vicap_jobs.services.jobs import live_workers
+from vicap_jobs.services.workers import live_workers
 
 pytestmark = pytest.mark.slow
 

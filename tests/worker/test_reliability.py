@@ -154,6 +154,6 @@ def test_embedded_default_submit_wait_needs_no_redis(make_deployment, tmp_path: 
 
 
 def _live(dep: Deployment) -> list[str]:
-    from vicap_jobs.services.jobs import live_workers
+    from vicap_jobs.services.workers import live_workers
 
     return live_workers(db=dep.db, within_s=5)

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, func, select, update
 
 from vicap_jobs.db.base import utcnow
 from vicap_jobs.db.session import session_scope
-from vicap_jobs.db.tables import JOB_KINDS, Caption, Job, JobChunk, Worker
+from vicap_jobs.db.tables import JOB_KINDS, Caption, Job, JobChunk
 from vicap_jobs.errors import InputError, NotFoundError
 
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -444,28 +444,3 @@ def requeue_jobs(*, db: Engine, job_ids: list[int], max_attempts: int | None = N
             job.status, job.heartbeat_at = "queued", utcnow()
             reset.append(job_id)
     return reset
-
-
-def record_worker_heartbeat(*, db: Engine, name: str, queues: list[str], device: str | None, pid: int | None) -> None:
-    """Insert or refresh the worker's row (last_seen_at = now)."""
-    with session_scope(db) as session:
-        worker = session.scalar(select(Worker).where(Worker.name == name))
-        if worker is None:
-            session.add(Worker(name=name, queues=queues, device=device, pid=pid, last_seen_at=utcnow()))
-        else:
-            worker.queues, worker.device, worker.pid, worker.last_seen_at = queues, device, pid, utcnow()
-
-
-def live_workers(*, db: Engine, within_s: float) -> list[str]:
-    """Names of workers seen in the last ``within_s`` seconds."""
-    cutoff = utcnow() - timedelta(seconds=within_s)
-    with session_scope(db) as session:
-        return list(session.scalars(select(Worker.name).where(Worker.last_seen_at >= cutoff).order_by(Worker.name)))
-
-
-def forget_worker(*, db: Engine, name: str) -> None:
-    """A worker shutting down cleanly removes its row."""
-    from sqlalchemy import delete
-
-    with session_scope(db) as session:
-        session.execute(delete(Worker).where(Worker.name == name))

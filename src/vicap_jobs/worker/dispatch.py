@@ -45,7 +45,7 @@ from vicap_jobs.db.base import utcnow
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Job, JobChunk
 from vicap_jobs.errors import VicapError
-from vicap_jobs.services import jobs
+from vicap_jobs.services import jobs, workers
 from vicap_jobs.settings import Settings, get_settings, mask_password
 from vicap_jobs.worker.app import (
     SHARED_QUEUE,
@@ -296,7 +296,7 @@ def _finish_drained_jobs(db: Engine) -> list[int]:
 def live_workers(*, db: Engine, settings: Settings | None = None) -> list[str]:
     """Workers that recorded a heartbeat within three heartbeat periods."""
     settings = settings or get_settings()
-    return jobs.live_workers(db=db, within_s=max(3 * settings.heartbeat_s, 10.0))
+    return workers.live_workers(db=db, within_s=max(3 * settings.heartbeat_s, 10.0))
 
 
 def start_worker_hint(gpu: int | None = None) -> str:

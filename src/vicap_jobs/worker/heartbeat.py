@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Engine
 
-from vicap_jobs.services import jobs
+from vicap_jobs.services import jobs, workers
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,9 @@ class Heartbeat:
             self._thread.join(timeout)
 
     def beat_worker(self) -> None:
-        jobs.record_worker_heartbeat(db=self.db, name=self.name, queues=self.queues, device=self.device, pid=self.pid)
+        workers.record_worker_heartbeat(
+            db=self.db, name=self.name, queues=self.queues, device=self.device, pid=self.pid
+        )
 
     def _run(self) -> None:
         # Stagger the first reap so workers started together do not all reap at once.

@@ -85,7 +85,7 @@ def _forget_node(**_: Any) -> None:
     """A worker that stops cleanly removes its row, so `--wait` does not count on it."""
     try:
         from vicap_jobs.db.session import get_engine
-        from vicap_jobs.services.jobs import forget_worker
+        from vicap_jobs.services.workers import forget_worker
 
         forget_worker(db=get_engine(get_settings().effective_database_url), name=_node.name)
     except Exception:  # noqa: BLE001 - shutting down anyway

@@ -1,0 +1,38 @@
+"""Worker processes in the store: heartbeats, who is alive, clean shutdown.
+
+The ``workers`` table is how the CLI knows whether anything will pick up a job
+(``submit --wait`` starts a local worker otherwise) and how operators see the fleet.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import Engine, delete, select
+
+from vicap_jobs.db.base import utcnow
+from vicap_jobs.db.session import session_scope
+from vicap_jobs.db.tables import Worker
+
+
+def record_worker_heartbeat(*, db: Engine, name: str, queues: list[str], device: str | None, pid: int | None) -> None:
+    """Insert or refresh the worker's row (last_seen_at = now)."""
+    with session_scope(db) as session:
+        worker = session.scalar(select(Worker).where(Worker.name == name))
+        if worker is None:
+            session.add(Worker(name=name, queues=queues, device=device, pid=pid, last_seen_at=utcnow()))
+        else:
+            worker.queues, worker.device, worker.pid, worker.last_seen_at = queues, device, pid, utcnow()
+
+
+def live_workers(*, db: Engine, within_s: float) -> list[str]:
+    """Names of workers seen in the last ``within_s`` seconds."""
+    cutoff = utcnow() - timedelta(seconds=within_s)
+    with session_scope(db) as session:
+        return list(session.scalars(select(Worker.name).where(Worker.last_seen_at >= cutoff).order_by(Worker.name)))
+
+
+def forget_worker(*, db: Engine, name: str) -> None:
+    """A worker shutting down cleanly removes its row."""
+    with session_scope(db) as session:
+        session.execute(delete(Worker).where(Worker.name == name))
