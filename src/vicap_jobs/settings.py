@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         default=None, gt=0, description="Threads for torch/onnxruntime; default: all cores."
     )
+    plugins: str | None = Field(
+        default=None,
+        description="Comma-separated Python modules every process imports first; they register families or job kinds.",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -127,6 +131,7 @@ class Settings(BaseSettings):
             "VICAP_VISIBILITY_TIMEOUT_S": str(self.visibility_timeout_s),
             "VICAP_NIGHTLY_CRON": self.nightly_cron,
             "VICAP_TORCH_THREADS": str(self.torch_threads or "(all cores)"),
+            "VICAP_PLUGINS": self.plugins or "(none)",
         }
 
 

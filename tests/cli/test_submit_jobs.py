@@ -22,9 +22,10 @@ from sqlalchemy import Engine
 
 from tests.worker.conftest import build_tiny_checkpoint, import_coco_dataset, make_image_folder, register_tiny_model
 from vicap_jobs.cli.main import cli
-from vicap_jobs.pipeline.runner import EngineCache, run_chunk
-from vicap_jobs.services import jobs
+from tests import store_helpers as jobs
+from vicap_jobs.pipeline.runner import run_chunk
 from vicap_jobs.services.captioning import create_caption_job
+from vicap_jobs.services.model_engines import EngineCache
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def run_caption_job(db: Engine, folder: Path, *, chunk_size: int = 4) -> int:
     plan = create_caption_job(
         db=db, folder=folder, model=None, engine_name="torch", recursive=True, batch_size=4, chunk_size=chunk_size
     )
-    engines = EngineCache()
+    engines = EngineCache(db=db)
     for chunk_id in plan.chunk_ids:
         run_chunk(db=db, chunk_id=chunk_id, engines=engines, worker_name="test@host")
     return plan.job_id
@@ -65,12 +66,14 @@ def test_coco_json_export_goes_straight_into_pycocoevalcap_and_matches_the_store
 ) -> None:
     pycocotools_coco = pytest.importorskip("pycocotools.coco")
     eval_module = pytest.importorskip("pycocoevalcap.eval")
-    from vicap_jobs.services.evaluation import create_evaluate_job, run_evaluate_job
+    from vicap_jobs.services.evaluation import EvaluationResult, create_evaluate_job
+    from vicap_jobs.services.runs import run_job
 
     files = import_coco_dataset(store, tmp_path / "coco", n_test=9)
     job_id = create_evaluate_job(db=store, model="tiny", dataset="coco-mini", split="test", engine_name="torch")
-    result = run_evaluate_job(db=store, job_id=job_id)
-    assert result is not None
+    outcome = run_job(db=store, job_id=job_id)  # as the worker's evaluate task does
+    assert outcome.ok and isinstance(outcome.result, EvaluationResult)
+    result = outcome.result
 
     out = tmp_path / "results.json"
     exported = invoke("captions", "export", str(job_id), "--format", "coco-json", "--out", str(out))
@@ -149,7 +152,7 @@ def test_jobs_list_and_show_report_progress_and_errors_by_reason(store: Engine, 
 def test_jobs_cancel_then_retry_reenqueues_only_missing_images(
     store: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vicap_jobs.worker import dispatch
+    from vicap_jobs.worker import publish
 
     make_image_folder(tmp_path / "photos", 6)
     plan = create_caption_job(
@@ -161,18 +164,21 @@ def test_jobs_cancel_then_retry_reenqueues_only_missing_images(
         batch_size=2,
         chunk_size=2,
     )
-    published: list[tuple[str, list[int]]] = []
-    monkeypatch.setattr(dispatch, "revoke", lambda task_ids: published.append(("revoke", list(task_ids))))
+    published: list[tuple[str, list[int] | list[str]]] = []
+    monkeypatch.setattr(publish, "revoke", lambda task_ids: published.append(("revoke", list(task_ids))))
     monkeypatch.setattr(
-        dispatch, "enqueue_chunks", lambda *, db, chunk_ids, queue="vicap": published.append((queue, list(chunk_ids)))
+        publish, "_send_all", lambda task, messages, *, queue: published.append((queue, list(messages)))
     )
-    run_chunk(db=store, chunk_id=plan.chunk_ids[0], engines=EngineCache(), worker_name="test@host")
+    run_chunk(db=store, chunk_id=plan.chunk_ids[0], engines=EngineCache(db=store), worker_name="test@host")
 
     cancelled = invoke("jobs", "cancel", str(plan.job_id))
     assert cancelled.exit_code == 0, cancelled.output
-    assert jobs.get_job(db=store, job_id=plan.job_id).status == "cancelled"
+    assert jobs.get_job(store, plan.job_id).status == "cancelled"
     # a chunk that a worker picks up after the cancel is skipped
-    assert run_chunk(db=store, chunk_id=plan.chunk_ids[1], engines=EngineCache(), worker_name="w").status == "skipped"
+    assert (
+        run_chunk(db=store, chunk_id=plan.chunk_ids[1], engines=EngineCache(db=store), worker_name="w").status
+        == "skipped"
+    )
 
     again = invoke("jobs", "cancel", str(plan.job_id))
     assert again.exit_code == 1 and again.output.startswith("Error: job") and "Traceback" not in again.output
@@ -181,7 +187,7 @@ def test_jobs_cancel_then_retry_reenqueues_only_missing_images(
     assert retried.exit_code == 0, retried.output
     queue, new_chunks = published[-1]
     assert queue == "vicap" and len(new_chunks) == 2  # the 4 images never captioned, in chunks of 2
-    assert jobs.get_job(db=store, job_id=plan.job_id).status == "queued"
+    assert jobs.get_job(store, plan.job_id).status == "queued"
 
 
 @pytest.mark.parametrize(
@@ -220,7 +226,7 @@ def test_submit_without_wait_returns_the_job_id_at_once_and_says_how_to_start_a_
     assert done.returncode == 0, done.stderr
     assert "job 1 queued: 4 images in 1 chunk(s) on queue vicap" in done.stdout
     assert "no worker is running; start one with `vicap-jobs worker --cpu`" in done.stderr
-    job = jobs.get_job(db=store, job_id=1)
+    job = jobs.get_job(store, 1)
     assert job.status == "queued"
-    chunk_task_ids = jobs.cancel_job(db=store, job_id=1)
+    chunk_task_ids = jobs.cancel_job(store, 1)
     assert len(chunk_task_ids) == 1  # the broker task id was stored before publishing

@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select
 
+from tests import store_helpers as jobs
 from tests.data.hostile import make_hostile_folder
 from tests.export.tiny_models import save_tiny
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Caption, Image, Job, JobChunk
 from vicap_jobs.errors import InputError
-from vicap_jobs.pipeline.runner import EngineCache, run_chunk
-from vicap_jobs.services import jobs
+from vicap_jobs.pipeline.runner import run_chunk
 from vicap_jobs.services.captioning import create_caption_job
+from vicap_jobs.services.model_engines import EngineCache
 from vicap_jobs.services.models import register_model
 
 
@@ -64,10 +65,10 @@ def test_caption_job_writes_one_row_per_image_and_succeeds(any_db: Engine, tmp_p
         db=any_db, folder=folder, model=model, engine_name="torch", recursive=False, batch_size=3, chunk_size=3
     )
     assert plan.n_images == 7 and len(plan.chunk_ids) == 3
-    _run_all(any_db, plan.chunk_ids, EngineCache())
+    _run_all(any_db, plan.chunk_ids, EngineCache(db=any_db))
     rows = _captions(any_db, plan.job_id)
     assert len(rows) == 7 and all(r.status == "ok" and r.text for r in rows)
-    job = jobs.get_job(db=any_db, job_id=plan.job_id)
+    job = jobs.get_job(any_db, plan.job_id)
     assert (job.status, job.done, job.failed, job.total) == ("succeeded", 7, 0, 7)
     assert job.started_at is not None and job.finished_at is not None
 
@@ -78,7 +79,7 @@ def test_redelivered_chunk_is_skipped_and_counts_stay_exact(any_db: Engine, tmp_
     plan = create_caption_job(
         db=any_db, folder=folder, model=model, engine_name="torch", recursive=False, batch_size=2, chunk_size=4
     )
-    cache = EngineCache()
+    cache = EngineCache(db=any_db)
     first = run_chunk(db=any_db, chunk_id=plan.chunk_ids[0], engines=cache, worker_name="a")
     again = run_chunk(db=any_db, chunk_id=plan.chunk_ids[0], engines=cache, worker_name="b")
     assert (first.status, first.n_ok) == ("done", 4)
@@ -94,7 +95,7 @@ def test_redelivered_chunk_is_skipped_and_counts_stay_exact(any_db: Engine, tmp_
         session.query(Job).filter(Job.id == plan.job_id).update({"done": 3})
     rerun = run_chunk(db=any_db, chunk_id=plan.chunk_ids[0], engines=cache, worker_name="c")
     assert (rerun.status, rerun.n_ok) == ("done", 1)
-    job = jobs.get_job(db=any_db, job_id=plan.job_id)
+    job = jobs.get_job(any_db, plan.job_id)
     assert (job.done, job.status) == (4, "succeeded")
     assert len(_captions(any_db, plan.job_id)) == 4
 
@@ -111,7 +112,7 @@ def test_hostile_folder_records_readable_reasons(any_db: Engine, tmp_path: Path)
         batch_size=4,
         chunk_size=5,
     )
-    _run_all(any_db, plan.chunk_ids, EngineCache())
+    _run_all(any_db, plan.chunk_ids, EngineCache(db=any_db))
     with session_scope(any_db) as session:
         by_name = {
             Path(path).relative_to((tmp_path / "hostile").resolve()).as_posix(): (status, error)
@@ -128,9 +129,9 @@ def test_hostile_folder_records_readable_reasons(any_db: Engine, tmp_path: Path)
             assert status == "ok", (name, error)
         else:
             assert status == "error" and outcome in error and "Traceback" not in error, (name, error)
-    job = jobs.get_job(db=any_db, job_id=plan.job_id)
+    job = jobs.get_job(any_db, plan.job_id)
     assert job.status == "succeeded" and job.failed == sum(1 for o in expected.values() if o != "ok")
-    summary = jobs.job_summary(db=any_db, job_id=plan.job_id)
+    summary = jobs.job_summary(any_db, plan.job_id)
     assert sum(count for _, count in summary.errors_by_reason) == job.failed
 
 
@@ -140,15 +141,15 @@ def test_cancel_stops_remaining_chunks(any_db: Engine, tmp_path: Path) -> None:
     plan = create_caption_job(
         db=any_db, folder=folder, model=model, engine_name="torch", recursive=False, batch_size=2, chunk_size=2
     )
-    cache = EngineCache()
+    cache = EngineCache(db=any_db)
     run_chunk(db=any_db, chunk_id=plan.chunk_ids[0], engines=cache, worker_name="a")
-    jobs.set_broker_task_id(db=any_db, chunk_id=plan.chunk_ids[1], task_id="t-1")
-    assert jobs.cancel_job(db=any_db, job_id=plan.job_id) == ["t-1"]
+    jobs.mark_chunk_enqueued(any_db, plan.chunk_ids[1], "t-1")
+    assert jobs.cancel_job(any_db, plan.job_id) == ["t-1"]
     assert run_chunk(db=any_db, chunk_id=plan.chunk_ids[2], engines=cache, worker_name="a").status == "skipped"
-    job = jobs.get_job(db=any_db, job_id=plan.job_id)
+    job = jobs.get_job(any_db, plan.job_id)
     assert job.status == "cancelled" and len(_captions(any_db, plan.job_id)) == 2
     with pytest.raises(InputError, match="already cancelled"):
-        jobs.cancel_job(db=any_db, job_id=plan.job_id)
+        jobs.cancel_job(any_db, plan.job_id)
 
 
 def test_retry_requeues_only_failed_images(any_db: Engine, tmp_path: Path) -> None:
@@ -158,16 +159,16 @@ def test_retry_requeues_only_failed_images(any_db: Engine, tmp_path: Path) -> No
     plan = create_caption_job(
         db=any_db, folder=folder, model=model, engine_name="torch", recursive=False, batch_size=4, chunk_size=4
     )
-    cache = EngineCache()
+    cache = EngineCache(db=any_db)
     _run_all(any_db, plan.chunk_ids, cache)
-    assert jobs.get_job(db=any_db, job_id=plan.job_id).failed == 1
+    assert jobs.get_job(any_db, plan.job_id).failed == 1
     (folder / "broken.jpg").unlink()
     _good_folder(tmp_path / "fixed", 1)
     (tmp_path / "fixed" / "img000.JPG").rename(folder / "broken.jpg")  # the file is repaired
-    new_chunks = jobs.retry_job(db=any_db, job_id=plan.job_id)
+    new_chunks = jobs.retry_job(any_db, plan.job_id)
     assert len(new_chunks) == 1
     _run_all(any_db, new_chunks, cache)
-    job = jobs.get_job(db=any_db, job_id=plan.job_id)
+    job = jobs.get_job(any_db, plan.job_id)
     assert (job.status, job.done, job.failed) == ("succeeded", 4, 0)
     assert all(r.status == "ok" for r in _captions(any_db, plan.job_id))
 
@@ -181,8 +182,8 @@ def test_all_images_failing_fails_the_job_with_the_reason(any_db: Engine, tmp_pa
     plan = create_caption_job(
         db=any_db, folder=folder, model=model, engine_name="torch", recursive=False, batch_size=4, chunk_size=4
     )
-    _run_all(any_db, plan.chunk_ids, EngineCache())
-    job = jobs.get_job(db=any_db, job_id=plan.job_id)
+    _run_all(any_db, plan.chunk_ids, EngineCache(db=any_db))
+    job = jobs.get_job(any_db, plan.job_id)
     assert job.status == "failed" and "empty file" in job.error
 
 
@@ -198,8 +199,8 @@ def test_a_broken_model_fails_the_job_not_each_image(any_db: Engine, tmp_path: P
         batch_size=2,
         chunk_size=2,
     )
-    outcome = run_chunk(db=any_db, chunk_id=plan.chunk_ids[0], engines=EngineCache(), worker_name="a")
-    job = jobs.get_job(db=any_db, job_id=plan.job_id)
+    outcome = run_chunk(db=any_db, chunk_id=plan.chunk_ids[0], engines=EngineCache(db=any_db), worker_name="a")
+    job = jobs.get_job(any_db, plan.job_id)
     assert outcome.status == "failed" and job.status == "failed" and "cannot load model" in job.error
     with session_scope(any_db) as session:
         assert session.scalar(select(func.count()).select_from(Caption)) == 0
@@ -267,10 +268,12 @@ def test_a_chunk_whose_worker_keeps_dying_is_given_up_with_a_reason(any_db: Engi
     )
     chunk_id = plan.chunk_ids[0]
     for attempt in range(1, 3):  # a worker claims it and dies; the reaper finds it stale
-        assert jobs.claim_chunk(db=any_db, chunk_id=chunk_id, worker_name=f"w{attempt}") is not None
-        reset = jobs.requeue_chunks(db=any_db, chunk_ids=[chunk_id], max_attempts=2)
-        assert reset == ([chunk_id] if attempt < 2 else [])
-    job = jobs.get_job(db=any_db, job_id=plan.job_id)
+        assert jobs.claim_chunk(any_db, chunk_id, f"w{attempt}") is not None
+        stale = jobs.requeue_stale_chunks(any_db, stale_after_s=0, max_attempts=2)
+        assert stale.requeued == ([chunk_id] if attempt < 2 else [])
+        assert stale.given_up == ([] if attempt < 2 else [chunk_id])
+    jobs.finish_if_drained(any_db, plan.job_id)
+    job = jobs.get_job(any_db, plan.job_id)
     assert job.status == "failed" and "gave up after 2 attempts" in job.error
     rows = _captions(any_db, plan.job_id)
     assert len(rows) == 3 and all(r.status == "error" and "gave up" in r.error for r in rows)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -14,8 +15,9 @@ from tests.worker.conftest import build_tiny_checkpoint, import_coco_dataset, re
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Evaluation, Job
 from vicap_jobs.scheduler import beat
+from vicap_jobs.services.nightly import create_nightly_jobs
 from vicap_jobs.settings import Settings
-from vicap_jobs.worker import dispatch
+from vicap_jobs.worker import tasks
 from vicap_jobs.worker.app import local_timezone_name
 
 
@@ -58,19 +60,21 @@ def test_nightly_enqueues_one_evaluate_job_per_model_and_marked_split_and_refres
     import_coco_dataset(any_db, tmp_path / "coco")
     import_coco_dataset(any_db, tmp_path / "coco2", name="not-nightly")
     set_nightly_splits(db=any_db, name="coco-mini", splits=["test"])
-    sent: list[tuple[int, str]] = []
-    monkeypatch.setattr(dispatch, "enqueue_job", lambda *, db, job_id, kind, queue="vicap": sent.append((job_id, kind)))
+    sent: list[int] = []
+    monkeypatch.setattr(tasks.process, "state", lambda: SimpleNamespace(db=any_db))
+    monkeypatch.setattr(tasks, "publish_job", lambda *, db, job_id: sent.append(job_id))
 
-    job_ids = beat.enqueue_nightly_evaluations(db=any_db)
+    job_ids = tasks.nightly_evaluate.run()  # the task body, as a worker runs it
 
-    assert len(job_ids) == 2 and sent == [(j, "evaluate") for j in job_ids]
+    assert len(job_ids) == 2 and sent == job_ids
     with session_scope(any_db) as session:
+        assert {session.get(Job, j).kind for j in job_ids} == {"evaluate"}
         params = [session.get(Job, j).params for j in job_ids]
         baselines = session.scalar(select(func.count()).select_from(Evaluation).where(Evaluation.is_baseline))
     assert sorted(p["model"] for p in params) == ["tiny-a", "tiny-b"]
     assert {(p["dataset"], p["split"]) for p in params} == {("coco-mini", "test")}
     assert baselines == 1
-    beat.enqueue_nightly_evaluations(db=any_db)
+    create_nightly_jobs(db=any_db)
     with session_scope(any_db) as session:
         assert session.scalar(select(func.count()).select_from(Evaluation).where(Evaluation.is_baseline)) == 2
 

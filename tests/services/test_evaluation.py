@@ -8,21 +8,21 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select, text
 
+from tests import store_helpers as jobs
 from tests.export.tiny_models import save_tiny
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Evaluation
 from vicap_jobs.errors import DatasetFormatError, InputError
-from vicap_jobs.services import jobs
 from vicap_jobs.services.datasets import create_synth_dataset, import_split, set_nightly_splits
 from vicap_jobs.services.evaluation import (
     create_evaluate_job,
     ensure_baseline,
     evaluate_model,
     evaluate_predictions,
-    nightly_targets,
-    run_evaluate_job,
 )
 from vicap_jobs.services.models import register_model
+from vicap_jobs.services.nightly import nightly_targets
+from vicap_jobs.services.runs import run_job
 
 
 @pytest.fixture(scope="module")
@@ -113,14 +113,20 @@ def test_model_evaluation_runs_as_a_job_with_exportable_captions(sqlite_db: Engi
         trained_by_job_id=None,
     )
     result = evaluate_model(db=sqlite_db, model="tiny", dataset="s", split="test", engine_name="torch")
-    job = jobs.get_job(db=sqlite_db, job_id=result.job_id)
+    job = jobs.get_job(sqlite_db, result.job_id)
     assert job.kind == "evaluate" and job.status == "succeeded" and "BLEU-4" in job.progress_message
     assert 0 <= result.scores.bleu_4 <= 1 and result.baseline is not None
     with session_scope(sqlite_db) as session:
         n_captions = session.execute(text("SELECT count(*) FROM captions WHERE job_id = :j"), {"j": job.id}).scalar()
     assert n_captions == result.scores.n_images
     # a redelivered evaluate task for a finished job does nothing
-    assert run_evaluate_job(db=sqlite_db, job_id=job.id) is None
+    redelivered = run_job(db=sqlite_db, job_id=job.id)
+    assert redelivered.skipped and redelivered.status == "succeeded"
+    with session_scope(sqlite_db) as session:
+        assert (
+            session.execute(text("SELECT count(*) FROM captions WHERE job_id = :j"), {"j": job.id}).scalar()
+            == n_captions
+        )
     assert set_nightly_splits(db=sqlite_db, name="s", splits=["test"]) is None
     assert nightly_targets(db=sqlite_db) == [("tiny", "s", "test")]
 

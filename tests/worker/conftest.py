@@ -26,6 +26,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import Engine, func, select
 
+from vicap_jobs.db.tables import Job
+
 REPO = Path(__file__).resolve().parents[2]
 TINY_WORDS = ["một", "bức", "ảnh", "màu", "đỏ", "xanh", "con", "mèo", "chó", "trên", "bàn", "cỏ"]
 
@@ -292,10 +294,10 @@ class Deployment:
 
     # -- store queries -------------------------------------------------------------------
 
-    def job(self, job_id: int):  # type: ignore[no-untyped-def]
-        from vicap_jobs.services.jobs import get_job
+    def job(self, job_id: int) -> Job:
+        from tests.store_helpers import get_job
 
-        return get_job(db=self.db, job_id=job_id)
+        return get_job(self.db, job_id)
 
     def wait_for(self, predicate: Callable[[], bool], *, timeout: float, what: str, poll_s: float = 0.25) -> None:
         deadline = time.monotonic() + timeout

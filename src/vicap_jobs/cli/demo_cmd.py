@@ -14,9 +14,22 @@ from datetime import datetime
 from pathlib import Path
 
 import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from sqlalchemy import Engine
 
 from vicap_jobs.cli.common import console, print_table
-from vicap_jobs.settings import get_settings, mask_password, reset_settings
+from vicap_jobs.cli.waiting import LocalWorker, wait_for_job
+from vicap_jobs.db.store import open_engine
+from vicap_jobs.errors import NotFoundError
+from vicap_jobs.jobs.queries import JobSummary
+from vicap_jobs.services.captioning import create_caption_job
+from vicap_jobs.services.datasets import create_synth_dataset, get_dataset
+from vicap_jobs.services.evaluation import create_evaluate_job
+from vicap_jobs.services.exporting import export_model
+from vicap_jobs.services.scores import ScoreRow, latest_scores
+from vicap_jobs.services.training import create_train_job, train_in_process
+from vicap_jobs.services.workers import live_workers
+from vicap_jobs.settings import Settings, get_settings, mask_password, reset_settings
 
 
 @dataclass(frozen=True)
@@ -72,8 +85,6 @@ def demo(fast: bool, broker: str | None, seed: int) -> None:
         reset_settings()
     plan = FAST if fast else FULL
     settings = get_settings()
-    from vicap_jobs.db.store import open_engine
-
     db = open_engine(settings)
     started = time.perf_counter()
     console.rule("vicap-jobs demo")
@@ -87,8 +98,6 @@ def demo(fast: bool, broker: str | None, seed: int) -> None:
     _step(3, "export ONNX (verified against torch)")
     _export(db, model)
     _step(4, "start a background worker")
-    from vicap_jobs.worker.dispatch import LocalWorker
-
     worker = LocalWorker(job_id=0, gpu=None, settings=settings)
     worker.log_path = settings.home / "logs" / "demo-worker.log"
     try:
@@ -107,10 +116,7 @@ def _step(number: int, title: str) -> None:
     console.print(f"\n[bold]{number}/6 {title}[/]")
 
 
-def _ensure_dataset(db, plan: DemoPlan, seed: int) -> Path:  # type: ignore[no-untyped-def]
-    from vicap_jobs.errors import NotFoundError
-    from vicap_jobs.services.datasets import create_synth_dataset, get_dataset
-
+def _ensure_dataset(db: Engine, plan: DemoPlan, seed: int) -> Path:
     out_dir = get_settings().datasets_dir / plan.dataset
     try:
         get_dataset(db=db, name=plan.dataset)
@@ -130,9 +136,7 @@ def _ensure_dataset(db, plan: DemoPlan, seed: int) -> Path:  # type: ignore[no-u
     return out_dir / "images" / "test"
 
 
-def _train(db, plan: DemoPlan, seed: int) -> str:  # type: ignore[no-untyped-def]
-    from vicap_jobs.services.training import create_train_job, run_train_job
-
+def _train(db: Engine, plan: DemoPlan, seed: int) -> str:
     name = f"demo-attn-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     options = {
         "backbone": "tiny",
@@ -143,24 +147,18 @@ def _train(db, plan: DemoPlan, seed: int) -> str:  # type: ignore[no-untyped-def
         "seed": seed,
     }
     job_id = create_train_job(db=db, name=name, family="cnn-lstm-attn", dataset=plan.dataset, options=options)
-    run_train_job(db=db, job_id=job_id, progress_bar=True)
-    from vicap_jobs.services import jobs
-
-    console.print(f"model {name!r}: {jobs.get_job(db=db, job_id=job_id).progress_message}")
+    outcome = train_in_process(db=db, job_id=job_id)
+    console.print(f"model {name!r}: {outcome.message}")
     return name
 
 
-def _export(db, model: str) -> None:  # type: ignore[no-untyped-def]
-    from vicap_jobs.services.exporting import describe_export, export_model
-
+def _export(db: Engine, model: str) -> None:
     with console.status("exporting"):
-        report = export_model(db=db, model=model)
-    console.print(describe_export(report))
+        summary = export_model(db=db, model=model)
+    console.print(summary)
 
 
-def _wait_for_worker(db, worker, timeout_s: float = 120.0) -> None:  # type: ignore[no-untyped-def]
-    from vicap_jobs.worker.dispatch import live_workers
-
+def _wait_for_worker(db: Engine, worker: LocalWorker, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     with console.status("waiting for the worker to come up"):
         while not live_workers(db=db):
@@ -172,11 +170,7 @@ def _wait_for_worker(db, worker, timeout_s: float = 120.0) -> None:  # type: ign
     console.print(f"worker up (log: {worker.log_path})")
 
 
-def _wait(db, job_id: int, label: str):  # type: ignore[no-untyped-def]
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    from vicap_jobs.worker.dispatch import wait_for_job
-
+def _wait(db: Engine, job_id: int, label: str) -> JobSummary:
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -193,31 +187,29 @@ def _wait(db, job_id: int, label: str):  # type: ignore[no-untyped-def]
     return summary
 
 
-def _caption(db, model: str, folder: Path):  # type: ignore[no-untyped-def]
-    from vicap_jobs.services.captioning import create_caption_job
-    from vicap_jobs.worker.dispatch import enqueue_chunks
+def _caption(db: Engine, model: str, folder: Path) -> JobSummary:
+    from vicap_jobs.worker.publish import publish_job  # the Celery app reads --broker, set above, at import
 
     plan = create_caption_job(
         db=db, folder=folder, model=model, engine_name="onnx", recursive=False, batch_size=16, chunk_size=64
     )
-    enqueue_chunks(db=db, chunk_ids=plan.chunk_ids)
+    publish_job(db=db, job_id=plan.job_id)
     console.print(f"caption job {plan.job_id}: {plan.n_images} images in {len(plan.chunk_ids)} chunks")
     return _wait(db, plan.job_id, f"caption job {plan.job_id}")
 
 
-def _evaluate(db, model: str, plan: DemoPlan):  # type: ignore[no-untyped-def]
-    from vicap_jobs.services.evaluation import create_evaluate_job
-    from vicap_jobs.worker.dispatch import enqueue_job
+def _evaluate(db: Engine, model: str, plan: DemoPlan) -> ScoreRow:
+    from vicap_jobs.worker.publish import publish_job  # the Celery app reads --broker, set above, at import
 
     job_id = create_evaluate_job(db=db, model=model, dataset=plan.dataset, split="test", engine_name="onnx")
-    enqueue_job(db=db, job_id=job_id, kind="evaluate")
+    publish_job(db=db, job_id=job_id)
     _wait(db, job_id, f"evaluate job {job_id}")
-    from vicap_jobs.services.scores import latest_scores
-
     return next(r for r in latest_scores(db=db, dataset=plan.dataset) if r.model == model)
 
 
-def _report(settings, model: str, plan: DemoPlan, caption_summary, row, seconds: float) -> None:  # type: ignore[no-untyped-def]
+def _report(
+    settings: Settings, model: str, plan: DemoPlan, caption_summary: JobSummary, row: ScoreRow, seconds: float
+) -> None:
     console.rule("result")
     scale = [100 * v for v in (row.bleu_1, row.bleu_2, row.bleu_3, row.bleu_4, row.rouge_l)]
     rows = [[model, *scale]]

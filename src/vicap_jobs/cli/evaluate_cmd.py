@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from vicap_jobs.cli.common import console, open_store, print_table
+from vicap_jobs.metrics.scores import CaptionScores
 
 
 @click.command()
@@ -58,6 +59,7 @@ def evaluate(
             )
         label = model
     else:
+        assert predictions is not None  # exactly one of the two, checked above
         result = evaluate_predictions(
             db=db,
             path=predictions,
@@ -79,5 +81,5 @@ def evaluate(
         console.print(f"blind baseline caption (chosen on train): “{result.baseline_caption}”")
 
 
-def _five(scores) -> tuple[float, ...]:  # type: ignore[no-untyped-def]
+def _five(scores: CaptionScores) -> tuple[float, ...]:
     return scores.bleu_1, scores.bleu_2, scores.bleu_3, scores.bleu_4, scores.rouge_l

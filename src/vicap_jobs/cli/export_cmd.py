@@ -33,9 +33,9 @@ def onnx(model: str, quantize: str | None) -> None:
         vicap-jobs export onnx synth-attn
         vicap-jobs export onnx synth-attn --quantize int8
     """
-    from vicap_jobs.services.exporting import describe_export, export_model
+    from vicap_jobs.services.exporting import export_model
 
     _, db = open_store()
     with console.status(f"exporting {model} to ONNX and verifying"):
-        report = export_model(db=db, model=model, quantize=quantize)
-    console.print(describe_export(report))
+        summary = export_model(db=db, model=model, quantize=quantize)
+    console.print(summary)

@@ -5,6 +5,11 @@ from __future__ import annotations
 import click
 
 from vicap_jobs.cli.common import console, err_console, open_store, print_table
+from vicap_jobs.db.session import session_scope
+from vicap_jobs.db.status import JobStatus
+from vicap_jobs.jobs.lifecycle import cancel_job, retry_job
+from vicap_jobs.jobs.queries import JobSummary, job_summary, list_jobs
+from vicap_jobs.services.workers import live_workers, start_worker_hint
 
 
 @click.group()
@@ -22,7 +27,7 @@ def jobs() -> None:
 
 @jobs.command("list")
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="Newest jobs to show.")
-@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]), default=None)
+@click.option("--status", type=click.Choice([str(status) for status in JobStatus]), default=None)
 def list_(limit: int, status: str | None) -> None:
     """List the newest jobs with their progress.
 
@@ -32,11 +37,9 @@ def list_(limit: int, status: str | None) -> None:
         vicap-jobs jobs list --limit 50
         vicap-jobs jobs list --status running
     """
-    from vicap_jobs.services.jobs import list_jobs
-    from vicap_jobs.worker.dispatch import live_workers
-
     _, db = open_store()
-    rows = list_jobs(db=db, limit=limit, status=status)
+    with session_scope(db) as session:
+        rows = list_jobs(session=session, limit=limit, status=status)
     print_table(
         "jobs",
         ["id", "kind", "status", "done", "total", "failed", "created", "note"],
@@ -68,10 +71,9 @@ def show(job_id: int) -> None:
     \b
         vicap-jobs jobs show 12
     """
-    from vicap_jobs.services.jobs import job_summary
-
     _, db = open_store()
-    s = job_summary(db=db, job_id=job_id)
+    with session_scope(db) as session:
+        s = job_summary(session=session, job_id=job_id)
     rows: list[tuple[str, object]] = [
         ("kind", s.kind),
         ("status", s.status),
@@ -84,6 +86,8 @@ def show(job_id: int) -> None:
         ("finished", s.finished_at.isoformat(timespec="seconds") if s.finished_at else None),
         ("worker", s.worker_host),
         ("device", s.device),
+        ("queue", s.queue),
+        ("parent job", s.parent_id),
         ("message", s.progress_message),
         ("error", s.error),
     ]
@@ -93,6 +97,12 @@ def show(job_id: int) -> None:
         if s.params.get(key) is not None:
             rows.append((key, s.params[key]))
     print_table(f"job {s.id}", ["field", "value"], [(k, v) for k, v in rows if v is not None])
+    if s.children:
+        print_table(
+            "child jobs",
+            ["id", "kind", "status", "done", "total", "failed", "note"],
+            [(c.id, c.kind, c.status, c.done, c.total, c.failed, _note(c)) for c in s.children],
+        )
     if s.errors_by_reason:
         print_table("errors by reason", ["reason", "images"], s.errors_by_reason)
 
@@ -100,18 +110,18 @@ def show(job_id: int) -> None:
 @jobs.command()
 @click.argument("job_id", type=int)
 def cancel(job_id: int) -> None:
-    """Cancel a job: queued chunks are revoked, a running chunk stops at its next batch.
+    """Cancel a job and its child jobs: queued messages are revoked, a running chunk stops at its next batch.
 
     Example:
 
     \b
         vicap-jobs jobs cancel 12
     """
-    from vicap_jobs.services.jobs import cancel_job
-    from vicap_jobs.worker.dispatch import revoke
+    from vicap_jobs.worker.publish import revoke  # imports Celery: only for commands that talk to the broker
 
     _, db = open_store()
-    task_ids = cancel_job(db=db, job_id=job_id)
+    with session_scope(db) as session:
+        task_ids = cancel_job(session=session, job_id=job_id)
     revoke(task_ids)
     console.print(f"job {job_id} cancelled ({len(task_ids)} queued task(s) revoked)")
 
@@ -126,31 +136,18 @@ def retry(job_id: int) -> None:
     \b
         vicap-jobs jobs retry 12
     """
-    from vicap_jobs.services.jobs import get_job, retry_job
-    from vicap_jobs.worker.dispatch import (
-        enqueue_chunks,
-        enqueue_job,
-        live_workers,
-        queue_for_params,
-        start_worker_hint,
-    )
+    from vicap_jobs.worker.publish import publish_job  # imports Celery: only for commands that publish
 
     _, db = open_store()
-    chunk_ids = retry_job(db=db, job_id=job_id)
-    job = get_job(db=db, job_id=job_id)
-    queue = queue_for_params(job.params)
-    if job.kind == "caption":
-        enqueue_chunks(db=db, chunk_ids=chunk_ids, queue=queue)
-    else:  # an evaluate job captions its chunks itself, then scores
-        enqueue_job(db=db, job_id=job_id, kind=job.kind, queue=queue)
+    with session_scope(db) as session:
+        chunk_ids = retry_job(session=session, job_id=job_id)
+    publish_job(db=db, job_id=job_id)
     console.print(f"job {job_id} re-queued: {len(chunk_ids)} chunk(s) of failed or missing images")
     if not live_workers(db=db):
         err_console.print(start_worker_hint())
 
 
-def _note(summary: object) -> str:
-    error = getattr(summary, "error", None)
-    if error:
-        return error if len(error) <= 60 else error[:57] + "..."
-    message = getattr(summary, "progress_message", None) or ""
-    return message if len(message) <= 60 else message[:57] + "..."
+def _note(summary: JobSummary) -> str:
+    """The error, else the progress message, cut to 60 characters."""
+    text = summary.error or summary.progress_message or ""
+    return text if len(text) <= 60 else text[:57] + "..."

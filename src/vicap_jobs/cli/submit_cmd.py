@@ -6,10 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import Engine
 
-from vicap_jobs.cli.common import console, err_console
+from vicap_jobs.cli.common import console, err_console, open_store
 from vicap_jobs.cli.train_options import options_from_cli, train_arguments
+from vicap_jobs.cli.waiting import LocalWorker, wait_for_job
+from vicap_jobs.jobs.queries import JobSummary
+from vicap_jobs.services.workers import live_workers, start_worker_hint
 
 ENGINE_CHOICES = ("onnx", "torch", "torch-bf16", "int8")
 
@@ -85,9 +89,8 @@ def caption(
         vicap-jobs submit caption --dir /data/album --recursive --model synth-attn --engine onnx --gpu 1
     """
     from vicap_jobs.services.captioning import create_caption_job
-    from vicap_jobs.worker.dispatch import device_for_gpu, enqueue_chunks, queue_for_gpu
 
-    settings, db = _store()
+    settings, db = open_store()
     plan = create_caption_job(
         db=db,
         folder=folder,
@@ -96,10 +99,9 @@ def caption(
         recursive=recursive,
         batch_size=batch_size,
         chunk_size=chunk_size or settings.chunk_size,
-        device=device_for_gpu(gpu),
+        gpu=gpu,
     )
-    queue = queue_for_gpu(gpu)
-    enqueue_chunks(db=db, chunk_ids=plan.chunk_ids, queue=queue)
+    queue, _ = _publish(db, plan.job_id)
     console.print(
         f"job {plan.job_id} queued: {plan.n_images} images in {len(plan.chunk_ids)} chunk(s) on queue {queue}"
     )
@@ -125,15 +127,13 @@ def train(gpu: int | None, wait: bool, **values: Any) -> None:
         vicap-jobs submit train uit-dn201 --family cnn-lstm-attn --backbone densenet201 --dataset uitviic --gpu 0
     """
     from vicap_jobs.services.training import create_train_job
-    from vicap_jobs.worker.dispatch import enqueue_job, queue_for_gpu
 
     name, family, dataset, options = options_from_cli(values)
     if gpu is not None:
         options.setdefault("device", "cuda")
-    _, db = _store()
-    job_id = create_train_job(db=db, name=name, family=family, dataset=dataset, options=options)
-    queue = queue_for_gpu(gpu)
-    enqueue_job(db=db, job_id=job_id, kind="train", queue=queue)
+    _, db = open_store()
+    job_id = create_train_job(db=db, name=name, family=family, dataset=dataset, options=options, gpu=gpu)
+    queue, _ = _publish(db, job_id)
     console.print(f"job {job_id} queued: train {name} ({family} / {options['backbone']} on {dataset}) on queue {queue}")
     _follow(db, job_id, gpu=gpu, wait=wait, unit="epochs")
 
@@ -157,11 +157,10 @@ def export(model: str, quantize: str | None, wait: bool) -> None:
         vicap-jobs submit export synth-attn --quantize int8
     """
     from vicap_jobs.services.exporting import create_export_job
-    from vicap_jobs.worker.dispatch import enqueue_job
 
-    _, db = _store()
+    _, db = open_store()
     job_id = create_export_job(db=db, model=model, quantize=quantize)
-    enqueue_job(db=db, job_id=job_id, kind="export")
+    _publish(db, job_id)
     console.print(f"job {job_id} queued: export {model}" + (f" ({quantize})" if quantize else ""))
     _follow(db, job_id, gpu=None, wait=wait, unit="steps")
 
@@ -188,14 +187,12 @@ def evaluate(
         vicap-jobs scores
     """
     from vicap_jobs.services.evaluation import create_evaluate_job
-    from vicap_jobs.worker.dispatch import enqueue_job, queue_for_gpu
 
-    _, db = _store()
+    _, db = open_store()
     job_id = create_evaluate_job(
-        db=db, model=model, dataset=dataset, split=split, tokenization=tokenization, engine_name=engine
+        db=db, model=model, dataset=dataset, split=split, tokenization=tokenization, engine_name=engine, gpu=gpu
     )
-    queue = queue_for_gpu(gpu)
-    enqueue_job(db=db, job_id=job_id, kind="evaluate", queue=queue)
+    queue, _ = _publish(db, job_id)
     console.print(f"job {job_id} queued: evaluate {model} on {dataset}/{split} on queue {queue}")
     _follow(db, job_id, gpu=gpu, wait=wait, unit="images")
 
@@ -203,16 +200,15 @@ def evaluate(
 # -- shared ---------------------------------------------------------------------------------
 
 
-def _store() -> tuple[Any, Engine]:
-    from vicap_jobs.cli.common import open_store
+def _publish(db: Engine, job_id: int) -> tuple[str, int]:
+    """Put the job's messages on its queue; returns (queue, messages)."""
+    from vicap_jobs.worker.publish import publish_job  # imports Celery: only for commands that publish
 
-    return open_store()
+    return publish_job(db=db, job_id=job_id)
 
 
 def _follow(db: Engine, job_id: int, *, gpu: int | None, wait: bool, unit: str) -> None:
     """Without --wait: a hint when no worker is alive. With --wait: a progress bar, then the outcome."""
-    from vicap_jobs.worker.dispatch import live_workers, start_worker_hint
-
     if not wait:
         if not live_workers(db=db):
             err_console.print(start_worker_hint(gpu))
@@ -224,11 +220,7 @@ def _follow(db: Engine, job_id: int, *, gpu: int | None, wait: bool, unit: str) 
         raise SystemExit(1)
 
 
-def _wait_with_progress(db: Engine, job_id: int, *, gpu: int | None, unit: str) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from vicap_jobs.worker.dispatch import wait_for_job
-
+def _wait_with_progress(db: Engine, job_id: int, *, gpu: int | None, unit: str) -> JobSummary:
     columns = [
         TextColumn("job {task.fields[job]} [bold]{task.fields[status]}[/]"),
         BarColumn(),
@@ -240,7 +232,7 @@ def _wait_with_progress(db: Engine, job_id: int, *, gpu: int | None, unit: str) 
     with Progress(*columns, console=err_console, transient=False) as progress:
         task = progress.add_task("job", total=None, job=job_id, status="queued", extra="")
 
-        def on_progress(s: Any) -> None:
+        def on_progress(s: JobSummary) -> None:
             extra = []
             if s.failed:
                 extra.append(f"{s.failed} failed")
@@ -250,7 +242,7 @@ def _wait_with_progress(db: Engine, job_id: int, *, gpu: int | None, unit: str) 
                 extra.append(s.progress_message)
             progress.update(task, total=s.total or None, completed=s.done, status=s.status, extra=" · ".join(extra))
 
-        def on_local_worker(local: Any) -> None:
+        def on_local_worker(local: LocalWorker) -> None:
             progress.console.print(
                 f"no worker is running: starting a local worker for job {job_id} (log: {local.log_path})"
             )
@@ -258,7 +250,7 @@ def _wait_with_progress(db: Engine, job_id: int, *, gpu: int | None, unit: str) 
         return wait_for_job(db=db, job_id=job_id, on_progress=on_progress, gpu=gpu, on_local_worker=on_local_worker)
 
 
-def _print_outcome(summary: Any) -> None:
+def _print_outcome(summary: JobSummary) -> None:
     line = f"job {summary.id} {summary.status}"
     if summary.kind in ("caption", "evaluate"):
         line += f": {summary.done - summary.failed} captioned, {summary.failed} failed"

@@ -24,16 +24,14 @@ def train(**values: Any) -> None:
         vicap-jobs train uit-dn201 --family cnn-lstm-attn --backbone densenet201 --dataset uitviic \\
             --backbone-weights densenet201.pth --lr 5e-4
     """
-    from vicap_jobs.services.training import create_train_job, run_train_job
+    from vicap_jobs.services.training import create_train_job, train_in_process
 
     name, family, dataset, options = options_from_cli(values)
     _, db = open_store()
     job_id = create_train_job(db=db, name=name, family=family, dataset=dataset, options=options)
     console.print(f"train job {job_id}: {family} / {options['backbone']} on {dataset}")
-    run_train_job(db=db, job_id=job_id, progress_bar=True)
-    from vicap_jobs.services import jobs
-
-    console.print(f"model {name!r} registered ({jobs.get_job(db=db, job_id=job_id).progress_message})")
+    outcome = train_in_process(db=db, job_id=job_id)
+    console.print(f"model {name!r} registered ({outcome.message})")
     console.print(
         f"next: vicap-jobs export onnx {name}  ·  vicap-jobs evaluate --model {name} --dataset {dataset} --split test"
     )

@@ -26,16 +26,16 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from vicap_jobs.db.base import Base, utcnow
+from vicap_jobs.db.status import CaptionStatus, ChunkStatus, JobStatus
 
-JOB_KINDS = ("train", "export", "caption", "evaluate")
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-CHUNK_STATUSES = ("queued", "running", "done", "failed", "cancelled")
-CAPTION_STATUSES = ("ok", "error")
+JOB_STATUSES = tuple(JobStatus)
+CHUNK_STATUSES = tuple(ChunkStatus)
+CAPTION_STATUSES = tuple(CaptionStatus)
 SPLITS = ("train", "val", "test")
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
 
 
 def _timestamp(nullable: bool = False) -> Mapped[Any]:
@@ -137,18 +137,28 @@ class Model(Base):
 
 
 class Job(Base):
-    """A unit of user-visible work (train, export, caption, evaluate) and its progress."""
+    """A unit of user-visible work (train, export, caption, evaluate, ...) and its progress.
+
+    ``kind`` names an entry of the job-kind table (``vicap_jobs.jobs.kinds``); it has no CHECK
+    constraint since migration 0003, so a new kind (or a plugin's) needs no migration.
+    """
 
     __tablename__ = "jobs"
     __table_args__ = (
-        CheckConstraint(_one_of("kind", JOB_KINDS), name="kind"),
         CheckConstraint(_one_of("status", JOB_STATUSES), name="status"),
         Index("ix_jobs_status_created_at", "status", "created_at"),
+        Index("ix_jobs_parent_id", "parent_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(20))
-    status: Mapped[str] = mapped_column(String(20), default="queued")
+    kind: Mapped[str] = mapped_column(String(20), comment="job-kind table name: train, export, caption, evaluate, ...")
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED)
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), comment="the job this one belongs to (a sweep, a nightly run)"
+    )
+    queue: Mapped[str | None] = mapped_column(
+        String(100), comment="broker queue its messages go to: vicap (shared) or gpu.N; NULL = vicap"
+    )
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
     dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
@@ -160,6 +170,9 @@ class Job(Base):
     worker_host: Mapped[str | None] = mapped_column(String(255))
     device: Mapped[str | None] = mapped_column(String(40))
     broker_task_id: Mapped[str | None] = mapped_column(String(255))
+    enqueued_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), comment="when its message was last published (NULL: never, or chunks carry them)"
+    )
     heartbeat_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), comment="last sign of life of the worker running a train/export/evaluate job"
     )
@@ -184,13 +197,18 @@ class JobChunk(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     seq: Mapped[int] = mapped_column(Integer, comment="0-based chunk number within the job")
-    status: Mapped[str] = mapped_column(String(20), default="queued")
+    status: Mapped[str] = mapped_column(String(20), default=ChunkStatus.QUEUED)
     image_ids: Mapped[list[int]] = mapped_column(JSON)
     n_images: Mapped[int] = mapped_column(Integer)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, comment="times a worker claimed it")
     worker_host: Mapped[str | None] = mapped_column(String(255))
     broker_task_id: Mapped[str | None] = mapped_column(String(255))
-    heartbeat_at: Mapped[datetime | None] = _timestamp(nullable=True)
+    enqueued_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), comment="when its message was last published"
+    )
+    heartbeat_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), comment="last sign of life of the worker that claimed it (running chunks only)"
+    )
     started_at: Mapped[datetime | None] = _timestamp(nullable=True)
     finished_at: Mapped[datetime | None] = _timestamp(nullable=True)
     read_s: Mapped[float | None] = mapped_column(Float, comment="seconds decoding images")

@@ -1,9 +1,10 @@
 """Bulk captioning of one partition (chunk): reader → engine → writer.
 
-Independent of how work is distributed: Celery hands out chunk ids, tests and
-``--wait`` fallbacks call :func:`run_chunk` directly. Every chunk records
-completion, so a redelivered task skips finished work, and every image gets a
-caption row with status ok or error + reason instead of failing its chunk.
+Independent of how work is distributed: Celery hands out chunk ids (the ``caption`` job kind's
+messages), an evaluate job runs its chunks one after another, tests call :func:`run_chunk`
+directly. Every chunk records completion, so a redelivered message skips finished work; only the
+chunk's images without a caption row for the job reach the engine; every image gets a row, ok or
+error with a reason, instead of failing its chunk. State changes go through ``vicap_jobs.jobs``.
 """
 
 from __future__ import annotations
@@ -13,130 +14,136 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
-from sqlalchemy import Engine, func, select, update
+from PIL import Image as PILImage
+from sqlalchemy import Engine, select
 
-from vicap_jobs.db.base import utcnow
+from vicap_jobs.data.images import load_rgb
 from vicap_jobs.db.session import session_scope
-from vicap_jobs.db.tables import Caption, Image, Job, JobChunk
+from vicap_jobs.db.status import FINISHED_JOB, JobStatus
+from vicap_jobs.db.tables import Caption, Image
 from vicap_jobs.errors import VicapError
-from vicap_jobs.pipeline.writer import CaptionResult, write_results
-from vicap_jobs.services import jobs
-from vicap_jobs.services.models import ModelRef, model_by_id
+from vicap_jobs.jobs.chunks import (
+    ChunkOutcome,
+    OutcomeStatus,
+    beat_chunk,
+    claim_chunk,
+    close_chunk,
+    finish_if_drained,
+)
+from vicap_jobs.jobs.lifecycle import fail_job, get_job, start_job
+from vicap_jobs.jobs.queries import job_status
+from vicap_jobs.jobs.writer import CaptionResult, write_results
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ChunkOutcome:
-    """What happened to one chunk; timings are seconds."""
+class Captioner(Protocol):
+    """What the runner needs of an engine (``vicap_jobs.engines.base.CaptionEngine`` is one)."""
 
-    status: str  # done | skipped | cancelled | failed
-    n_ok: int = 0
-    n_failed: int = 0
+    name: str
+
+    def caption(self, images: Sequence[PILImage.Image]) -> list[str]: ...
+
+
+class EngineProvider(Protocol):
+    """A worker process's loaded engines (``vicap_jobs.services.model_engines.EngineCache``)."""
+
+    device: str
+
+    def get(self, model_id: int, engine_name: str) -> Captioner: ...
+
+
+@dataclass
+class _Totals:
+    ok: int = 0
+    failed: int = 0
     read_s: float = 0.0
     infer_s: float = 0.0
     write_s: float = 0.0
 
-
-class EngineCache:
-    """Loaded inference engines per (model id, engine name), one cache per worker process."""
-
-    def __init__(self, *, device: str = "cpu", threads: int | None = None) -> None:
-        self.device = device
-        self.threads = threads
-        self._engines: dict[tuple[int, str, str], Any] = {}
-
-    def get(self, model: ModelRef, engine_name: str) -> Any:
-        key = (model.id, engine_name, model.exported_at.isoformat() if model.exported_at else "")
-        if key not in self._engines:
-            from vicap_jobs.engines import load_engine
-
-            self._engines[key] = load_engine(
-                engine_name,
-                Path(model.artifact_dir),
-                onnx_dir=Path(model.onnx_path) if model.onnx_path else None,
-                device=self.device,
-                threads=self.threads,
-            )
-        return self._engines[key]
+    def outcome(self, status: OutcomeStatus) -> ChunkOutcome:
+        return ChunkOutcome(status, self.ok, self.failed, self.read_s, self.infer_s, self.write_s)
 
 
 def run_chunk(
     *,
     db: Engine,
     chunk_id: int,
-    engines: EngineCache,
+    engines: EngineProvider,
     worker_name: str,
     heartbeat: Callable[[], None] | None = None,
 ) -> ChunkOutcome:
-    """Caption the images of one chunk that the job has not captioned yet."""
-    chunk = jobs.claim_chunk(db=db, chunk_id=chunk_id, worker_name=worker_name)
-    if chunk is None:
-        return ChunkOutcome(status="skipped")
-    job = jobs.get_job(db=db, job_id=chunk.job_id)
-    if job.status in ("cancelled", "failed", "succeeded"):
-        _close_chunk(db, chunk_id, "cancelled" if job.status == "cancelled" else "done")
-        return ChunkOutcome(status="cancelled" if job.status == "cancelled" else "skipped")
-    jobs.mark_running(db=db, job_id=job.id, device=engines.device)
-    try:
-        model = model_by_id(db=db, model_id=job.model_id) if job.model_id else None
-        if model is None:
-            raise VicapError(f"job {job.id} has no model")
-        engine = engines.get(model, job.params.get("engine") or "torch")
-    except VicapError as exc:
-        return _fail_job(db, job.id, chunk_id, f"cannot load model: {exc}")
-    except Exception as exc:  # noqa: BLE001 - a broken artifact must fail the job, not loop forever
-        log.exception("loading model for job %d", job.id)
-        return _fail_job(db, job.id, chunk_id, f"cannot load model: {type(exc).__name__}: {exc}")
+    """Caption the images of one chunk that its job has not captioned yet; end the job if it was the last.
 
-    todo = _uncaptioned(db, job.id, chunk.image_ids)
-    batch_size = int(job.params.get("batch_size") or 8)
-    totals = {"ok": 0, "failed": 0, "read": 0.0, "infer": 0.0, "write": 0.0}
-    for batch in _batches(todo, batch_size):
-        if _job_status(db, job.id) == "cancelled":
-            _close_chunk(db, chunk_id, "cancelled")
-            return ChunkOutcome(
-                "cancelled", totals["ok"], totals["failed"], totals["read"], totals["infer"], totals["write"]
-            )
+    Stops at the next batch boundary when the job is cancelled. A model that cannot load fails the
+    whole job (every chunk would fail the same way).
+    """
+    with session_scope(db) as session:
+        chunk = claim_chunk(session=session, chunk_id=chunk_id, worker=worker_name)
+        if chunk is None:
+            return ChunkOutcome("skipped")
+        job = get_job(session=session, job_id=chunk.job_id)
+        if job.status in FINISHED_JOB:
+            cancelled = job.status == JobStatus.CANCELLED
+            outcome = ChunkOutcome("cancelled" if cancelled else "done")
+            close_chunk(session=session, chunk_id=chunk_id, outcome=outcome)
+            return outcome if cancelled else ChunkOutcome("skipped")
+        start_job(session=session, job_id=job.id, device=engines.device)
+        image_ids, job_id, model_id = list(chunk.image_ids), job.id, job.model_id
+        engine_name = str(job.params.get("engine") or "torch")
+        batch_size = int(job.params.get("batch_size") or 8)
+    try:
+        if model_id is None:
+            raise VicapError(f"job {job_id} has no model")
+        engine = engines.get(model_id, engine_name)
+    except VicapError as exc:
+        return _fail(db, job_id, f"cannot load model: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a broken artifact must fail the job, not loop forever
+        log.exception("loading model for job %d", job_id)
+        return _fail(db, job_id, f"cannot load model: {type(exc).__name__}: {exc}")
+
+    totals = _Totals()
+    for batch in _batches(_uncaptioned(db, job_id, image_ids), batch_size):
+        if _is_cancelled(db, job_id):
+            return _close(db, chunk_id, totals.outcome("cancelled"))
         results, read_s, infer_s = caption_batch(engine, batch)
         started = time.perf_counter()
-        n_ok, n_failed = write_results(
-            db=db, job_id=job.id, model_id=model.id, engine_name=engine.name, results=results
-        )
-        totals["write"] += time.perf_counter() - started
-        totals["ok"] += n_ok
-        totals["failed"] += n_failed
-        totals["read"] += read_s
-        totals["infer"] += infer_s
-        jobs.touch_chunk(db=db, chunk_id=chunk_id)
+        with session_scope(db) as session:
+            n_ok, n_failed = write_results(
+                session=session, job_id=job_id, model_id=model_id, engine_name=engine.name, results=results
+            )
+            beat_chunk(session=session, chunk_id=chunk_id)
+        totals.write_s += time.perf_counter() - started
+        totals.ok, totals.failed = totals.ok + n_ok, totals.failed + n_failed
+        totals.read_s, totals.infer_s = totals.read_s + read_s, totals.infer_s + infer_s
         if heartbeat is not None:
             heartbeat()
-    _close_chunk(db, chunk_id, "done", timings=(totals["read"], totals["infer"], totals["write"]))
-    finish_job_if_complete(db=db, job_id=job.id)
+    outcome = _close(db, chunk_id, totals.outcome("done"))
+    with session_scope(db) as session:  # after the close is committed: see vicap_jobs.jobs.chunks
+        finish_if_drained(session=session, job_id=job_id)
     log.info(
         "chunk %d of job %d: %d ok, %d failed; read %.2fs infer %.2fs write %.2fs",
         chunk_id,
-        job.id,
-        totals["ok"],
-        totals["failed"],
-        totals["read"],
-        totals["infer"],
-        totals["write"],
+        job_id,
+        outcome.n_ok,
+        outcome.n_failed,
+        outcome.read_s,
+        outcome.infer_s,
+        outcome.write_s,
     )
-    return ChunkOutcome(
-        "done", int(totals["ok"]), int(totals["failed"]), totals["read"], totals["infer"], totals["write"]
-    )
+    return outcome
 
 
-def caption_batch(engine: Any, batch: Sequence[tuple[int, str]]) -> tuple[list[CaptionResult], float, float]:
-    """Decode the batch's images (bad ones become error results), then caption the good ones."""
-    from vicap_jobs.data.images import load_rgb
+def caption_batch(engine: Captioner, batch: Sequence[tuple[int, str]]) -> tuple[list[CaptionResult], float, float]:
+    """Decode the batch's images (bad ones become error results), then caption the good ones.
 
+    Returns the results in batch order, seconds reading and seconds in the engine.
+    """
     started = time.perf_counter()
     results: dict[int, CaptionResult] = {}
-    good: list[tuple[int, Any]] = []
+    good: list[tuple[int, PILImage.Image]] = []
     for image_id, path in batch:
         try:
             good.append((image_id, load_rgb(Path(path))))
@@ -147,46 +154,19 @@ def caption_batch(engine: Any, batch: Sequence[tuple[int, str]]) -> tuple[list[C
     read_s = time.perf_counter() - started
     started = time.perf_counter()
     if good:
+        texts: list[str | None]
+        reason: str | None = None
         try:
-            texts = engine.caption([image for _, image in good])
+            texts = list(engine.caption([image for _, image in good]))
         except Exception as exc:  # noqa: BLE001 - recorded per image; the job goes on
             log.exception("engine failed on a batch of %d images", len(good))
             texts = [None] * len(good)
             reason = f"engine error: {type(exc).__name__}: {exc}"
-        else:
-            reason = None
         elapsed_ms = (time.perf_counter() - started) * 1000 / len(good)
         for (image_id, _), text in zip(good, texts, strict=True):
             results[image_id] = CaptionResult(image_id, text, elapsed_ms if text is not None else None, reason)
     infer_s = time.perf_counter() - started
     return [results[image_id] for image_id, _ in batch], read_s, infer_s
-
-
-def finish_job_if_complete(*, db: Engine, job_id: int) -> str | None:
-    """When no chunk of a caption job is left queued/running, end it: succeeded, or failed if no image succeeded."""
-    with session_scope(db) as session:
-        open_chunks = session.scalar(
-            select(func.count())
-            .select_from(JobChunk)
-            .where(JobChunk.job_id == job_id, JobChunk.status.in_(("queued", "running")))
-        )
-        if open_chunks:
-            return None
-        job = session.get(Job, job_id)
-        if job is None or job.status not in ("queued", "running") or job.kind != "caption":
-            return None  # evaluate jobs finish after scoring, in services.evaluation
-        n_ok = session.scalar(
-            select(func.count()).select_from(Caption).where(Caption.job_id == job_id, Caption.status == "ok")
-        )
-    if n_ok == 0 and job.failed > 0:
-        summary = jobs.job_summary(db=db, job_id=job_id)
-        reason = summary.errors_by_reason[0][0] if summary.errors_by_reason else "unknown"
-        jobs.finish_job(
-            db=db, job_id=job_id, status="failed", error=f"all {job.failed} images failed; most common reason: {reason}"
-        )
-        return "failed"
-    jobs.finish_job(db=db, job_id=job_id, status="succeeded")
-    return "succeeded"
 
 
 def _uncaptioned(db: Engine, job_id: int, image_ids: Sequence[int]) -> list[tuple[int, str]]:
@@ -195,7 +175,10 @@ def _uncaptioned(db: Engine, job_id: int, image_ids: Sequence[int]) -> list[tupl
         done = set(
             session.scalars(select(Caption.image_id).where(Caption.job_id == job_id, Caption.image_id.in_(image_ids)))
         )
-        paths = dict(session.execute(select(Image.id, Image.path).where(Image.id.in_(image_ids))).all())
+        paths = {
+            image_id: path
+            for image_id, path in session.execute(select(Image.id, Image.path).where(Image.id.in_(image_ids))).all()
+        }
     return [(i, paths[i]) for i in image_ids if i not in done and i in paths]
 
 
@@ -204,25 +187,18 @@ def _batches(items: Sequence[tuple[int, str]], size: int) -> Iterator[Sequence[t
         yield items[start : start + size]
 
 
-def _job_status(db: Engine, job_id: int) -> str | None:
+def _is_cancelled(db: Engine, job_id: int) -> bool:
     with session_scope(db) as session:
-        return session.scalar(select(Job.status).where(Job.id == job_id))
+        return job_status(session=session, job_id=job_id) == JobStatus.CANCELLED
 
 
-def _close_chunk(db: Engine, chunk_id: int, status: str, timings: tuple[float, float, float] | None = None) -> None:
-    values: dict[str, Any] = {"status": status, "finished_at": utcnow()}
-    if timings:
-        values.update(read_s=timings[0], infer_s=timings[1], write_s=timings[2])
+def _close(db: Engine, chunk_id: int, outcome: ChunkOutcome) -> ChunkOutcome:
     with session_scope(db) as session:
-        session.execute(update(JobChunk).where(JobChunk.id == chunk_id, JobChunk.status == "running").values(**values))
+        close_chunk(session=session, chunk_id=chunk_id, outcome=outcome)
+    return outcome
 
 
-def _fail_job(db: Engine, job_id: int, chunk_id: int, reason: str) -> ChunkOutcome:
+def _fail(db: Engine, job_id: int, reason: str) -> ChunkOutcome:
     with session_scope(db) as session:
-        session.execute(
-            update(JobChunk)
-            .where(JobChunk.job_id == job_id, JobChunk.status.in_(("queued", "running")))
-            .values(status="failed", error=reason, finished_at=utcnow())
-        )
-    jobs.finish_job(db=db, job_id=job_id, status="failed", error=reason)
-    return ChunkOutcome(status="failed")
+        fail_job(session=session, job_id=job_id, reason=reason)
+    return ChunkOutcome("failed")

@@ -1,10 +1,10 @@
 """Celery beat: nightly re-evaluation and the stale-chunk reaper.
 
 - Every night at ``VICAP_NIGHTLY_CRON`` (default ``0 2 * * *``, local time) a
-  worker runs ``nightly_evaluate``: one ``evaluate`` job per registered model ×
-  data set split marked for re-evaluation (``dataset nightly``), plus a fresh
-  blind-baseline row for each of those splits; results land as new
-  ``evaluations`` rows, so quality over time is a SQL query.
+  worker runs ``nightly_evaluate`` (``vicap_jobs.services.nightly``): one ``evaluate``
+  job per registered model × data set split marked for re-evaluation
+  (``dataset nightly``), plus a fresh blind-baseline row for each of those splits;
+  results land as new ``evaluations`` rows, so quality over time is a SQL query.
 - Every ``REAP_EVERY_S`` seconds a worker runs ``reap_stale_chunks`` (live
   workers also reap from their heartbeat thread; either is enough).
 
@@ -16,12 +16,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery import Celery
 from celery.schedules import crontab
-from sqlalchemy import Engine
 
 from vicap_jobs.errors import ConfigError
+from vicap_jobs.jobs.queues import SHARED_QUEUE
 from vicap_jobs.settings import Settings, get_settings
-from vicap_jobs.worker.app import SHARED_QUEUE, TASK_NIGHTLY, TASK_REAP
+from vicap_jobs.worker.app import TASK_NIGHTLY, TASK_REAP
 
 log = logging.getLogger(__name__)
 
@@ -60,38 +61,6 @@ def beat_schedule(settings: Settings | None = None) -> dict[str, dict[str, Any]]
     }
 
 
-def enqueue_nightly_evaluations(*, db: Engine) -> list[int]:
-    """Create and enqueue tonight's evaluate jobs, and refresh the blind baseline of each split; returns job ids."""
-    from vicap_jobs.services.datasets import get_dataset
-    from vicap_jobs.services.evaluation import create_evaluate_job, ensure_baseline, nightly_targets
-    from vicap_jobs.worker.dispatch import enqueue_job
-
-    job_ids: list[int] = []
-    splits: set[tuple[str, str]] = set()
-    for model, dataset, split in nightly_targets(db=db):
-        splits.add((dataset, split))
-        try:
-            job_id = create_evaluate_job(db=db, model=model, dataset=dataset, split=split)
-        except Exception as exc:  # noqa: BLE001 - one broken model must not stop the others
-            log.warning("nightly: cannot evaluate %s on %s/%s: %s", model, dataset, split, exc)
-            continue
-        enqueue_job(db=db, job_id=job_id, kind="evaluate")
-        job_ids.append(job_id)
-    for dataset, split in sorted(splits):
-        try:
-            ensure_baseline(
-                db=db,
-                dataset_id=get_dataset(db=db, name=dataset).id,
-                split=split,
-                tokenization="syllable",
-                refresh=True,
-            )
-        except Exception as exc:  # noqa: BLE001
-            log.warning("nightly: no blind baseline for %s/%s: %s", dataset, split, exc)
-    log.info("nightly: enqueued %d evaluate job(s) over %d split(s)", len(job_ids), len(splits))
-    return job_ids
-
-
-def configure_beat(app: Any, settings: Settings | None = None) -> None:
+def configure_beat(app: Celery, settings: Settings | None = None) -> None:
     """Install the schedule on ``app`` (the scheduler command calls it before starting beat)."""
     app.conf.beat_schedule = beat_schedule(settings)

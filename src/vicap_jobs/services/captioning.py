@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Engine, select
 
 from vicap_jobs.data.folders import WalkReport, iter_image_files
+from vicap_jobs.data.images import image_size, sha256_file
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Image
 from vicap_jobs.errors import InputError
-from vicap_jobs.services import jobs
+from vicap_jobs.jobs.chunks import create_chunks
+from vicap_jobs.jobs.lifecycle import create_job
+from vicap_jobs.jobs.params import CaptionParams
+from vicap_jobs.jobs.queues import device_label
 from vicap_jobs.services.models import resolve_engine_name, resolve_model
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -33,8 +41,6 @@ def register_folder_images(*, db: Engine, paths: list[Path]) -> list[int]:
     file changed. Unreadable files are registered anyway: their caption row will
     say why they failed.
     """
-    from vicap_jobs.data.images import image_size, sha256_file
-
     ids: list[int] = []
     with session_scope(db) as session:
         existing = (
@@ -52,8 +58,8 @@ def register_folder_images(*, db: Engine, paths: list[Path]) -> list[int]:
             row = existing.get(key) or session.scalar(
                 select(Image).where(Image.dataset_id.is_(None), Image.path == key)
             )
-            digest = _safe(lambda p=path: sha256_file(p))
-            size = _safe(lambda p=path: image_size(p))
+            digest = _safe(sha256_file, path)
+            size = _safe(image_size, path)
             if row is None:
                 row = Image(dataset_id=None, path=key, file_name=path.name, sha256=digest)
                 session.add(row)
@@ -65,9 +71,10 @@ def register_folder_images(*, db: Engine, paths: list[Path]) -> list[int]:
     return ids
 
 
-def _safe(fn):  # type: ignore[no-untyped-def]
+def _safe(read: Callable[[Path], T], path: Path) -> T | None:
+    """``read(path)``, or None when the file cannot be read (the runner records the real reason per image)."""
     try:
-        return fn()
+        return read(path)
     except Exception:  # noqa: BLE001 - the runner records the real reason per image
         return None
 
@@ -81,12 +88,12 @@ def create_caption_job(
     recursive: bool,
     batch_size: int,
     chunk_size: int,
-    device: str | None = None,
+    gpu: int | None = None,
 ) -> CaptionJobPlan:
     """A queued ``caption`` job over every image file in ``folder``, split into chunks.
 
-    ``model`` None picks the newest registered model. No Celery here: the caller
-    enqueues the returned chunk ids.
+    ``model`` None picks the newest registered model; ``gpu`` pins the job to that GPU's worker.
+    No Celery here: the caller publishes the job's chunks.
     """
     if batch_size <= 0:
         raise InputError("--batch-size must be positive")
@@ -98,20 +105,21 @@ def create_caption_job(
         raise InputError(
             f"no image files (jpg, jpeg, png, webp, bmp, gif) in {folder}" + ("" if recursive else "; try --recursive")
         )
-    image_ids = register_folder_images(db=db, paths=paths)
-    params = {
-        "folder": str(folder),
-        "model": model_row.name,
-        "engine": engine,
-        "recursive": recursive,
-        "batch_size": batch_size,
-        "chunk_size": chunk_size,
-        "device": device,
-        "skipped_dirs": report.skipped_dirs,
-    }
-    job_id = jobs.create_job(db=db, kind="caption", params=params, model_id=model_row.id, total=len(image_ids))
-    chunk_ids = jobs.create_chunks(
-        db=db, job_id=job_id, image_ids=list(dict.fromkeys(image_ids)), chunk_size=chunk_size
+    image_ids = list(dict.fromkeys(register_folder_images(db=db, paths=paths)))
+    params = CaptionParams(
+        folder=str(folder),
+        model=model_row.name,
+        engine=engine,
+        recursive=recursive,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        device=None if gpu is None else device_label(gpu),
+        skipped_dirs=report.skipped_dirs,
     )
+    with session_scope(db) as session:
+        job_id = create_job(
+            session=session, kind="caption", params=params, model_id=model_row.id, total=len(image_ids), gpu=gpu
+        )
+        chunk_ids = create_chunks(session=session, job_id=job_id, image_ids=image_ids, chunk_size=chunk_size)
     log.info("job %d: %d images in %d chunks", job_id, len(image_ids), len(chunk_ids))
     return CaptionJobPlan(job_id=job_id, chunk_ids=chunk_ids, n_images=len(image_ids), skipped_dirs=report.skipped_dirs)

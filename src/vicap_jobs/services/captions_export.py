@@ -23,6 +23,7 @@ from sqlalchemy import Engine, select
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Caption, Image, Job
 from vicap_jobs.errors import InputError, NotFoundError, UnknownNameError
+from vicap_jobs.jobs.lifecycle import get_job
 
 FORMATS = ("coco-json", "csv", "jsonl")
 COLUMNS = ("image_id", "coco_id", "file_name", "path", "status", "caption", "error", "engine", "latency_ms")
@@ -94,9 +95,8 @@ def export_captions(*, db: Engine, job_id: int, fmt: str, out: Path | None = Non
     """Render the job's captions in ``fmt``; write them to ``out`` when given. Returns (text, rows written)."""
     if fmt not in FORMATS:
         raise UnknownNameError("export format", fmt, FORMATS)
-    from vicap_jobs.services.jobs import get_job
-
-    job = get_job(db=db, job_id=job_id)
+    with session_scope(db) as session:
+        job = get_job(session=session, job_id=job_id)
     if job.kind not in ("caption", "evaluate"):
         raise InputError(f"job {job_id} is a {job.kind} job; only caption and evaluate jobs have captions")
     captions = list(job_captions(db=db, job_id=job_id))

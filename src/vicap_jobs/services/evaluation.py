@@ -17,12 +17,20 @@ from sqlalchemy import Engine, select
 
 from vicap_jobs.data.text import check_tokenization
 from vicap_jobs.db.session import session_scope
-from vicap_jobs.db.tables import SPLITS, Caption, Dataset, Evaluation, Image, Model
+from vicap_jobs.db.tables import SPLITS, Caption, Evaluation, Image
 from vicap_jobs.errors import DatasetFormatError, InputError, VicapError
+from vicap_jobs.jobs.chunks import create_chunks, open_chunk_ids
+from vicap_jobs.jobs.context import RunContext
+from vicap_jobs.jobs.kinds import get_job_kind
+from vicap_jobs.jobs.lifecycle import create_job, get_job
+from vicap_jobs.jobs.params import EvaluateParams
+from vicap_jobs.metrics.baseline import choose_blind_baseline, evaluate_constant
 from vicap_jobs.metrics.scores import CaptionScores, score_captions
-from vicap_jobs.services import jobs
+from vicap_jobs.pipeline.runner import run_chunk
 from vicap_jobs.services.datasets import get_dataset, split_references
+from vicap_jobs.services.model_engines import EngineCache
 from vicap_jobs.services.models import resolve_engine_name, resolve_model
+from vicap_jobs.services.runs import raise_unless_succeeded, run_job
 from vicap_jobs.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -37,6 +45,11 @@ class EvaluationResult:
     baseline: CaptionScores | None
     baseline_caption: str | None
     job_id: int | None
+
+    @property
+    def message(self) -> str:
+        """One line for the job row: the scores beside the blind baseline."""
+        return _summary_line(self)
 
 
 def _store_scores(
@@ -83,8 +96,6 @@ def ensure_baseline(
     Stored once per data set × split × tokenization (``refresh`` adds a new row,
     as the nightly run does). None when the data set has no train split.
     """
-    from vicap_jobs.metrics.baseline import choose_blind_baseline, evaluate_constant
-
     if not refresh:
         with session_scope(db) as session:
             row = session.scalar(
@@ -131,8 +142,10 @@ def create_evaluate_job(
     tokenization: str = "syllable",
     engine_name: str | None = None,
     batch_size: int = 16,
+    gpu: int | None = None,
+    parent_id: int | None = None,
 ) -> int:
-    """A queued evaluate job; validated now so a typo fails at submit time, not in the worker."""
+    """A queued evaluate job with its chunks; validated now so a typo fails at submit time, not in the worker."""
     if split not in SPLITS:
         raise InputError(f"--split must be one of {', '.join(SPLITS)}")
     check_tokenization(tokenization)
@@ -142,73 +155,75 @@ def create_evaluate_job(
     image_ids = _split_image_ids(db, ds.id, split)
     if not image_ids:
         raise InputError(f"data set {dataset!r} has no {split} images on disk to caption")
-    params = {
-        "model": model_ref.name,
-        "dataset": ds.name,
-        "split": split,
-        "tokenization": tokenization,
-        "engine": engine,
-        "batch_size": batch_size,
-    }
-    job_id = jobs.create_job(
-        db=db, kind="evaluate", params=params, model_id=model_ref.id, dataset_id=ds.id, total=len(image_ids)
+    params = EvaluateParams(
+        model=model_ref.name,
+        dataset=ds.name,
+        split=split,  # type: ignore[arg-type]  # checked above
+        tokenization=tokenization,  # type: ignore[arg-type]  # checked above
+        engine=engine,
+        batch_size=batch_size,
     )
-    jobs.create_chunks(db=db, job_id=job_id, image_ids=image_ids, chunk_size=get_settings().chunk_size)
+    with session_scope(db) as session:
+        job_id = create_job(
+            session=session,
+            kind="evaluate",
+            params=params,
+            model_id=model_ref.id,
+            dataset_id=ds.id,
+            total=len(image_ids),
+            gpu=gpu,
+            parent_id=parent_id,
+        )
+        create_chunks(session=session, job_id=job_id, image_ids=image_ids, chunk_size=get_settings().chunk_size)
     return job_id
 
 
-def run_evaluate_job(*, db: Engine, job_id: int, engines=None) -> EvaluationResult | None:  # type: ignore[no-untyped-def]
-    """Caption the split (chunk by chunk, skipping done ones), score, store; sets the job's status."""
-    from vicap_jobs.pipeline.runner import EngineCache, run_chunk
+def run_evaluation(ctx: RunContext) -> EvaluationResult | None:
+    """The evaluate kind's run function: caption the split chunk by chunk (done ones are skipped), then score.
 
-    job = jobs.get_job(db=db, job_id=job_id)
-    if job.status in ("succeeded", "cancelled"):
-        return None
-    jobs.mark_running(db=db, job_id=job_id)
-    try:
-        cache = engines or EngineCache(threads=get_settings().torch_threads)
-        for chunk_id in jobs.pending_chunk_ids(db=db, job_id=job_id):
-            outcome = run_chunk(db=db, chunk_id=chunk_id, engines=cache, worker_name=f"evaluate-{job_id}")
-            if outcome.status in ("failed", "cancelled"):
-                return None
-        result = score_job(db=db, job_id=job_id)
-    except VicapError as exc:
-        jobs.finish_job(db=db, job_id=job_id, status="failed", error=str(exc))
-        raise
-    except Exception as exc:
-        jobs.finish_job(db=db, job_id=job_id, status="failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    jobs.set_progress(db=db, job_id=job_id, message=_summary_line(result))
-    jobs.finish_job(db=db, job_id=job_id, status="succeeded")
-    return result
+    Returns None when a chunk ended the job (its model cannot load) or it was cancelled.
+    """
+    cache = ctx.engines or EngineCache(db=ctx.db, threads=get_settings().torch_threads)
+    with session_scope(ctx.db) as session:
+        chunk_ids = open_chunk_ids(session=session, job_id=ctx.job_id)
+    for chunk_id in chunk_ids:
+        outcome = run_chunk(
+            db=ctx.db, chunk_id=chunk_id, engines=cache, worker_name=ctx.worker_name, heartbeat=ctx.heartbeat
+        )
+        if outcome.status in ("failed", "cancelled"):
+            return None
+    return score_job(db=ctx.db, job_id=ctx.job_id)
 
 
 def score_job(*, db: Engine, job_id: int) -> EvaluationResult:
     """Score an evaluate job's captions against its split (failed images count as empty captions)."""
-    job = jobs.get_job(db=db, job_id=job_id)
-    params = job.params
-    references = split_references(db=db, dataset_id=job.dataset_id, split=params["split"])
     with session_scope(db) as session:
-        captions = dict(
-            session.execute(
+        job = get_job(session=session, job_id=job_id)
+    params = get_job_kind(job.kind).parse(job.params)
+    assert isinstance(params, EvaluateParams) and job.dataset_id is not None
+    references = split_references(db=db, dataset_id=job.dataset_id, split=params.split)
+    with session_scope(db) as session:
+        captions = {
+            image_id: text
+            for image_id, text in session.execute(
                 select(Caption.image_id, Caption.text).where(Caption.job_id == job_id, Caption.status == "ok")
             ).all()
-        )
-        planned = _split_image_ids(db, job.dataset_id, params["split"])
+        }
+    planned = _split_image_ids(db, job.dataset_id, params.split)
     predictions = {image_id: captions.get(image_id) or "" for image_id in planned if image_id in references}
-    scores = score_captions(predictions, {k: references[k] for k in predictions}, tokenization=params["tokenization"])
+    scores = score_captions(predictions, {k: references[k] for k in predictions}, tokenization=params.tokenization)
     evaluation_id = _store_scores(
         db=db,
         scores=scores,
         dataset_id=job.dataset_id,
-        split=params["split"],
+        split=params.split,
         model_id=job.model_id,
         job_id=job_id,
         is_baseline=False,
         source=None,
     )
     baseline = ensure_baseline(
-        db=db, dataset_id=job.dataset_id, split=params["split"], tokenization=params["tokenization"], job_id=job_id
+        db=db, dataset_id=job.dataset_id, split=params.split, tokenization=params.tokenization, job_id=job_id
     )
     return EvaluationResult(
         evaluation_id, scores, baseline[0] if baseline else None, baseline[1] if baseline else None, job_id
@@ -235,10 +250,10 @@ def evaluate_model(
         engine_name=engine_name,
         batch_size=batch_size,
     )
-    result = run_evaluate_job(db=db, job_id=job_id)
-    if result is None:
-        raise VicapError(f"evaluation job {job_id} did not finish: {jobs.get_job(db=db, job_id=job_id).error}")
-    return result
+    outcome = raise_unless_succeeded(run_job(db=db, job_id=job_id, in_process=True))
+    if not isinstance(outcome.result, EvaluationResult):
+        raise VicapError(f"evaluation job {job_id} did not finish: {outcome.error or outcome.status}")
+    return outcome.result
 
 
 def evaluate_predictions(
@@ -307,14 +322,6 @@ def read_predictions(path: Path) -> list[tuple[int | str, str]]:
             raise DatasetFormatError(f"{path}: entry {index} needs 'image_id' and 'caption'")
         pairs.append((entry["image_id"], str(entry["caption"])))
     return pairs
-
-
-def nightly_targets(*, db: Engine) -> list[tuple[str, str, str]]:
-    """(model, data set, split) for every registered model × every split marked for nightly re-evaluation."""
-    with session_scope(db) as session:
-        models = list(session.scalars(select(Model.name).order_by(Model.name)))
-        datasets = [(d.name, d.nightly_splits or []) for d in session.scalars(select(Dataset).order_by(Dataset.name))]
-    return [(m, d, s) for m in models for d, splits in datasets for s in splits]
 
 
 def _split_image_ids(db: Engine, dataset_id: int, split: str) -> list[int]:

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
-from vicap_jobs.errors import InputError, VicapError
+from vicap_jobs.data.images import load_rgb
+from vicap_jobs.db.session import session_scope
+from vicap_jobs.db.tables import Image
+from vicap_jobs.errors import InputError
+from vicap_jobs.jobs.context import RunContext
+from vicap_jobs.jobs.lifecycle import create_job
+from vicap_jobs.jobs.params import ExportParams
+from vicap_jobs.metrics.scores import score_captions
 from vicap_jobs.models.registry import get_family
-from vicap_jobs.services import jobs
+from vicap_jobs.services.datasets import split_references
 from vicap_jobs.services.models import model_by_id, record_export, resolve_model
+from vicap_jobs.services.runs import raise_unless_succeeded, run_job
 
 log = logging.getLogger(__name__)
 
@@ -20,60 +29,56 @@ CALIBRATION_IMAGES = 256
 
 
 def create_export_job(*, db: Engine, model: str, quantize: str | None = None) -> int:
+    """A queued export job, validated now (the model exists, its family exports to ONNX, the quantization)."""
     ref = resolve_model(db=db, name=model)
-    if "onnx" not in get_family(ref.family).exportable:
+    spec = get_family(ref.family)
+    if "onnx" not in spec.exportable:
         raise InputError(
-            f"model {ref.name!r} ({ref.family}) has no ONNX export; it runs with the {get_family(ref.family).default_engine} engine"
+            f"model {ref.name!r} ({ref.family}) has no ONNX export; it runs with the {spec.default_engine} engine"
         )
     if quantize not in (None, *QUANTIZE_CHOICES):
         raise InputError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}")
-    return jobs.create_job(
-        db=db, kind="export", params={"model": ref.name, "quantize": quantize}, model_id=ref.id, total=1
-    )
-
-
-def run_export_job(*, db: Engine, job_id: int) -> Any:
-    """Export, verify torch vs onnxruntime parity, record the export; returns the export report."""
-    from vicap_jobs.export.verify import export_and_verify
-
-    job = jobs.get_job(db=db, job_id=job_id)
-    if job.status in ("succeeded", "cancelled"):
-        return None
-    jobs.mark_running(db=db, job_id=job_id)
-    try:
-        ref = model_by_id(db=db, model_id=job.model_id)
-        quantize = job.params.get("quantize")
-        out_dir = Path(ref.artifact_dir) / "onnx"
-        calibration = _calibration_images(db, ref.dataset_id) if quantize else []
-        eval_fn = _test_bleu_4(db, ref.dataset_id) if quantize else None
-        report = export_and_verify(
-            Path(ref.artifact_dir), out_dir, quantize=quantize, calibration_images=calibration, eval_fn=eval_fn
+    with session_scope(db) as session:
+        return create_job(
+            session=session,
+            kind="export",
+            params=ExportParams(model=ref.name, quantize=quantize),
+            model_id=ref.id,
+            total=1,
         )
-        served = report.quantize.int8_dir if report.quantize is not None else out_dir
-        record_export(db=db, model_id=ref.id, onnx_path=str(served), quantized=bool(quantize))
-    except VicapError as exc:
-        jobs.finish_job(db=db, job_id=job_id, status="failed", error=str(exc))
-        raise
-    except Exception as exc:
-        jobs.finish_job(db=db, job_id=job_id, status="failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    jobs.set_progress(db=db, job_id=job_id, done=1, message=describe_export(report))
-    jobs.finish_job(db=db, job_id=job_id, status="succeeded")
-    return report
 
 
-def export_model(*, db: Engine, model: str, quantize: str | None = None) -> Any:
-    """Export in this process (the `export onnx` command), tracked as a job like a queued one."""
-    return run_export_job(db=db, job_id=create_export_job(db=db, model=model, quantize=quantize))
+def run_export(ctx: RunContext) -> str:
+    """The export kind's run function: export, verify torch vs onnxruntime, record the export; returns the summary."""
+    from vicap_jobs.export.verify import export_and_verify  # heavy: torch, onnx, onnxruntime
+
+    params = ctx.params
+    assert isinstance(params, ExportParams)
+    if ctx.job.model_id is None:
+        raise InputError(f"export job {ctx.job_id} has no model")
+    ref = model_by_id(db=ctx.db, model_id=ctx.job.model_id)
+    quantize = params.quantize
+    out_dir = Path(ref.artifact_dir) / "onnx"
+    calibration = _calibration_images(ctx.db, ref.dataset_id) if quantize else []
+    eval_fn = _test_bleu_4(ctx.db, ref.dataset_id) if quantize else None
+    report = export_and_verify(
+        Path(ref.artifact_dir), out_dir, quantize=quantize, calibration_images=calibration, eval_fn=eval_fn
+    )
+    served = report.quantize.int8_dir if report.quantize is not None else out_dir
+    record_export(db=ctx.db, model_id=ref.id, onnx_path=str(served), quantized=bool(quantize))
+    ctx.report(done=1)
+    return describe_export(report)
+
+
+def export_model(*, db: Engine, model: str, quantize: str | None = None) -> str:
+    """Export in this process (the `export onnx` command), tracked as a job like a queued one; returns its summary."""
+    job_id = create_export_job(db=db, model=model, quantize=quantize)
+    outcome = raise_unless_succeeded(run_job(db=db, job_id=job_id, in_process=True))
+    return outcome.message or f"job {job_id} succeeded"
 
 
 def _calibration_images(db: Engine, dataset_id: int | None) -> list[Path]:
     """A few hundred training images of the model's data set, for static int8 calibration."""
-    from sqlalchemy import select
-
-    from vicap_jobs.db.session import session_scope
-    from vicap_jobs.db.tables import Image
-
     if dataset_id is None:
         raise InputError("int8 quantization needs calibration images; this model has no training data set recorded")
     with session_scope(db) as session:
@@ -86,20 +91,11 @@ def _calibration_images(db: Engine, dataset_id: int | None) -> list[Path]:
         return [Path(p) for p in paths]
 
 
-def _test_bleu_4(db: Engine, dataset_id: int | None, limit: int = 300):  # type: ignore[no-untyped-def]
+def _test_bleu_4(db: Engine, dataset_id: int | None, limit: int = 300) -> Callable[[Any], float] | None:
     """A callback scoring an engine's captions on the model's test split (BLEU-4), to report what int8 costs."""
-    from vicap_jobs.data.images import load_rgb
-    from vicap_jobs.metrics.scores import score_captions
-    from vicap_jobs.services.datasets import split_references
-
     if dataset_id is None:
         return None
     references = split_references(db=db, dataset_id=dataset_id, split="test")
-    from sqlalchemy import select
-
-    from vicap_jobs.db.session import session_scope
-    from vicap_jobs.db.tables import Image
-
     with session_scope(db) as session:
         rows = session.execute(
             select(Image.id, Image.path)

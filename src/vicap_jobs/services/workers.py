@@ -13,6 +13,7 @@ from sqlalchemy import Engine, delete, select
 from vicap_jobs.db.base import utcnow
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Worker
+from vicap_jobs.settings import get_settings
 
 
 def record_worker_heartbeat(*, db: Engine, name: str, queues: list[str], device: str | None, pid: int | None) -> None:
@@ -25,11 +26,19 @@ def record_worker_heartbeat(*, db: Engine, name: str, queues: list[str], device:
             worker.queues, worker.device, worker.pid, worker.last_seen_at = queues, device, pid, utcnow()
 
 
-def live_workers(*, db: Engine, within_s: float) -> list[str]:
-    """Names of workers seen in the last ``within_s`` seconds."""
+def live_workers(*, db: Engine, within_s: float | None = None) -> list[str]:
+    """Names of workers seen in the last ``within_s`` seconds (default: three heartbeat periods, at least 10 s)."""
+    if within_s is None:
+        within_s = max(3 * get_settings().heartbeat_s, 10.0)
     cutoff = utcnow() - timedelta(seconds=within_s)
     with session_scope(db) as session:
         return list(session.scalars(select(Worker.name).where(Worker.last_seen_at >= cutoff).order_by(Worker.name)))
+
+
+def start_worker_hint(gpu: int | None = None) -> str:
+    """What to run when no worker is alive."""
+    where = f"--gpu {gpu}" if gpu is not None else "--cpu"
+    return f"no worker is running; start one with `vicap-jobs worker {where}` (or submit with --wait to run one here)"
 
 
 def forget_worker(*, db: Engine, name: str) -> None:

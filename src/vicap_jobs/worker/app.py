@@ -12,8 +12,10 @@ Reliability choices (see docs/architecture.md):
   (``worker.heartbeat``) and by the scheduler (``scheduler.beat``).
 - No result backend: job state lives in the SQL store.
 
-Queues: ``vicap`` is shared by every worker; ``gpu.N`` is consumed only by the
-worker started with ``--gpu N`` (``submit caption --gpu N`` pins a job there).
+Queues (``vicap_jobs.jobs.queues``): ``vicap`` is shared by every worker; ``gpu.N`` is consumed only
+by the worker started with ``--gpu N`` (``submit caption --gpu N`` pins a job there). Task names
+of job kinds come from the job-kind table (``vicap_jobs.jobs.kinds``); the two housekeeping tasks
+are named here.
 
 Embedded broker (no server, the default): kombu's SQLAlchemy transport on a
 SQLite file under ``VICAP_HOME`` (``sqla+sqlite:///…``). Its poll interval must
@@ -37,30 +39,21 @@ import logging
 import os
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery import Celery
 from kombu import Exchange, Queue
 
+from vicap_jobs.jobs.queues import SHARED_QUEUE
 from vicap_jobs.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-SHARED_QUEUE = "vicap"
-GPU_QUEUE_PREFIX = "gpu."
 EMBEDDED_POLL_INTERVAL_S = 0.1
 
-#: Task names: the message contract between publishers and workers (keep them stable).
-TASK_CAPTION_CHUNK = "vicap.caption_chunk"
-TASK_TRAIN = "vicap.train"
-TASK_EXPORT = "vicap.export"
-TASK_EVALUATE = "vicap.evaluate"
+#: Housekeeping task names: part of the message contract with the scheduler (keep them stable).
 TASK_REAP = "vicap.reap_stale_chunks"
 TASK_NIGHTLY = "vicap.nightly_evaluate"
-
-
-def gpu_queue(index: int) -> str:
-    """The queue only the worker pinned to GPU ``index`` consumes."""
-    return f"{GPU_QUEUE_PREFIX}{index}"
 
 
 def local_timezone_name() -> str:
@@ -68,8 +61,6 @@ def local_timezone_name() -> str:
 
     The nightly cron is local time, so the app runs in the local zone.
     """
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
     candidates = [os.environ.get("TZ", "").lstrip(":")]
     try:
         target = str(Path("/etc/localtime").resolve())
@@ -115,12 +106,12 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
 def _tune_embedded_transport(url: str) -> None:
     """Poll the embedded brokers every 0.1 s (kombu's default is 1 s, which costs ~1 s per task)."""
     if url.startswith("sqla+"):
-        from kombu.transport.sqlalchemy import Transport
+        from kombu.transport import sqlalchemy as transport  # its import needs SQLAlchemy only when used
     elif url.startswith("filesystem"):
-        from kombu.transport.filesystem import Transport
+        from kombu.transport import filesystem as transport  # type: ignore[no-redef]
     else:
         return
-    Transport.polling_interval = EMBEDDED_POLL_INTERVAL_S
+    transport.Transport.polling_interval = EMBEDDED_POLL_INTERVAL_S
 
 
 def make_app(settings: Settings | None = None) -> Celery:

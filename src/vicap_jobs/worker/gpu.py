@@ -15,6 +15,7 @@ import socket
 import sys
 
 from vicap_jobs.errors import ConfigError, InputError
+from vicap_jobs.jobs.queues import device_label
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,6 @@ def node_name(gpu: int | None, name: str | None = None) -> str:
     return f"{device_label(gpu)}@{socket.gethostname()}"
 
 
-def device_label(gpu: int | None) -> str:
-    """Short human name of what a worker runs on: ``gpu0``, ``gpu1``, ``cpu``."""
-    return "cpu" if gpu is None else f"gpu{gpu}"
-
-
 def process_device() -> str:
     """The torch device of this (already pinned) process: ``cuda:0`` when a GPU is visible, else ``cpu``.
 
@@ -49,7 +45,7 @@ def process_device() -> str:
     """
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
         return "cpu"
-    import torch
+    import torch  # heavy, and only after the fork: CUDA must not be touched in the parent
 
     if torch.cuda.is_available():
         return "cuda:0"
@@ -57,3 +53,11 @@ def process_device() -> str:
     if pinned:
         log.warning("CUDA_VISIBLE_DEVICES=%s but no CUDA device is available; running on the CPU", pinned)
     return "cpu"
+
+
+def set_torch_threads(threads: int | None) -> None:
+    """torch's intra-op threads for this process (``VICAP_TORCH_THREADS``); None keeps torch's default."""
+    if threads:
+        import torch  # heavy: only in the pool child, after the fork
+
+        torch.set_num_threads(threads)

@@ -18,7 +18,10 @@ from collections.abc import Callable
 
 from sqlalchemy import Engine
 
-from vicap_jobs.services import jobs, workers
+from vicap_jobs.db.session import session_scope
+from vicap_jobs.jobs.chunks import beat_chunk
+from vicap_jobs.jobs.lifecycle import beat_job
+from vicap_jobs.services import workers
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +75,12 @@ class Heartbeat:
             self._job_id = job_id
 
     def beat_job(self) -> None:
+        """Refresh the running job's heartbeat (unit "job" kinds)."""
         with self._lock:
             job_id = self._job_id
         if job_id is not None:
-            jobs.touch_job(db=self.db, job_id=job_id)
+            with session_scope(self.db) as session:
+                beat_job(session=session, job_id=job_id)
 
     def beat_chunk(self) -> None:
         """Refresh the running chunk's heartbeat now if the last one is older than half an interval.
@@ -87,22 +92,26 @@ class Heartbeat:
             if chunk_id is not None and due:
                 self._last_chunk_beat = time.monotonic()
         if chunk_id is not None and due:
-            jobs.touch_chunk(db=self.db, chunk_id=chunk_id)
+            with session_scope(self.db) as session:
+                beat_chunk(session=session, chunk_id=chunk_id)
 
     # -- the thread ----------------------------------------------------------------------
 
     def start(self) -> Heartbeat:
+        """Record the worker now, then beat from a daemon thread every ``interval_s``."""
         self.beat_worker()
         self._thread = threading.Thread(target=self._run, name=f"vicap-heartbeat-{self.pid}", daemon=True)
         self._thread.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread (waits up to ``timeout`` seconds)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
     def beat_worker(self) -> None:
+        """Refresh this worker's row in ``workers``."""
         workers.record_worker_heartbeat(
             db=self.db, name=self.name, queues=self.queues, device=self.device, pid=self.pid
         )

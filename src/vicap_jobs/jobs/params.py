@@ -1,0 +1,62 @@
+"""Validated parameters of the built-in job kinds, stored as JSON in ``jobs.params``.
+
+A job's params are checked when it is created (a typo fails at submit time, not in the worker)
+and parsed again when a worker runs it. Unknown keys are refused. The store-dependent checks
+(does the model exist, is the name free) belong to the service that creates the job.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt
+
+
+class JobParams(BaseModel):
+    """Base of every kind's parameters: immutable, no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object stored in ``jobs.params``."""
+        return self.model_dump(mode="json")
+
+
+class CaptionParams(JobParams):
+    """Caption every image of a folder with a registered model."""
+
+    folder: str
+    model: str
+    engine: str
+    recursive: bool = False
+    batch_size: PositiveInt = 16
+    chunk_size: PositiveInt = 256
+    device: str | None = None  # "gpuN" when submitted with --gpu N (the queue is in jobs.queue)
+    skipped_dirs: NonNegativeInt = 0
+
+
+class EvaluateParams(JobParams):
+    """Caption a data set split with a model, then score it beside the blind baseline."""
+
+    model: str
+    dataset: str
+    split: Literal["train", "val", "test"]
+    tokenization: Literal["syllable", "word"] = "syllable"
+    engine: str
+    batch_size: PositiveInt = 16
+
+
+class TrainParams(JobParams):
+    """Train model ``name`` of ``family`` on ``dataset``; ``options`` are TrainOptions fields."""
+
+    name: str
+    family: str
+    dataset: str
+    options: dict[str, Any]
+
+
+class ExportParams(JobParams):
+    """Export a registered model (ONNX), optionally quantized."""
+
+    model: str
+    quantize: str | None = None

@@ -1,0 +1,43 @@
+"""Loaded inference engines of one process, per (model, engine, export), loaded on first use and kept.
+
+A worker process loads a model once after the fork and reuses it for every chunk; a re-export
+(a newer ``models.exported_at``) loads the new files. The chunk runner sees it through its
+``EngineProvider`` protocol, so it never reads model rows itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+
+from vicap_jobs.engines import load_engine
+from vicap_jobs.services.models import model_by_id
+
+if TYPE_CHECKING:  # the engine classes import torch
+    from vicap_jobs.engines.base import CaptionEngine
+
+
+class EngineCache:
+    """Engines per (model id, engine name, export time) for one process, on ``device``."""
+
+    def __init__(self, *, db: Engine, device: str = "cpu", threads: int | None = None) -> None:
+        self.db = db
+        self.device = device
+        self.threads = threads
+        self._engines: dict[tuple[int, str, str], CaptionEngine] = {}
+
+    def get(self, model_id: int, engine_name: str) -> CaptionEngine:
+        """The engine ``engine_name`` of model ``model_id``, loaded now if this process has not yet."""
+        model = model_by_id(db=self.db, model_id=model_id)
+        key = (model.id, engine_name, model.exported_at.isoformat() if model.exported_at else "")
+        if key not in self._engines:
+            self._engines[key] = load_engine(
+                engine_name,
+                Path(model.artifact_dir),
+                onnx_dir=Path(model.onnx_path) if model.onnx_path else None,
+                device=self.device,
+                threads=self.threads,
+            )
+        return self._engines[key]
