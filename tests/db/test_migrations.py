@@ -272,3 +272,51 @@ def test_open_store_on_an_empty_postgres_says_to_run_db_upgrade(
     vicap_setenv("database_url", postgres_url)
     with pytest.raises(StoreError, match="vicap-jobs db upgrade"):
         open_store()
+
+
+# --------------------------------------------------------------------------- 0003 moves data
+
+
+def test_0003_moves_enqueue_times_off_heartbeat_and_records_pinned_queues(empty_url: str) -> None:
+    """Rows written by 0002-era code: a queued chunk's heartbeat_at was its enqueue time; a --gpu job said so in params."""
+    migrate.upgrade(empty_url, "0002")
+    t0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+    engine = make_engine(empty_url)
+    try:
+        with engine.begin() as c:
+            insert_job = text(
+                "INSERT INTO jobs (id, kind, status, params, total, done, failed, attempts, created_at) "
+                "VALUES (:id, 'caption', :status, :params, 2, 0, 0, 0, :t)"
+            )
+            c.execute(insert_job, {"id": 1, "status": "running", "params": '{"device": "gpu1"}', "t": t0})
+            c.execute(insert_job, {"id": 2, "status": "queued", "params": '{"device": null}', "t": t0})
+            c.execute(insert_job, {"id": 3, "status": "succeeded", "params": '{"device": "gpu0"}', "t": t0})
+            insert_chunk = text(
+                "INSERT INTO job_chunks (id, job_id, seq, status, image_ids, n_images, attempts, heartbeat_at) "
+                "VALUES (:id, 1, :seq, :status, '[]', 0, 0, :beat)"
+            )
+            c.execute(insert_chunk, {"id": 10, "seq": 0, "status": "queued", "beat": t0})
+            c.execute(insert_chunk, {"id": 11, "seq": 1, "status": "running", "beat": t0 + timedelta(minutes=5)})
+        migrate.upgrade(empty_url, "0003")
+        with engine.connect() as c:
+            chunks = {
+                row.id: (row.enqueued_at, row.heartbeat_at)
+                for row in c.execute(text("SELECT id, enqueued_at, heartbeat_at FROM job_chunks"))
+            }
+            queues = dict(c.execute(text("SELECT id, queue FROM jobs ORDER BY id")).all())
+
+        def utc(moment: datetime | str | None) -> datetime | None:
+            if isinstance(moment, str):
+                moment = datetime.fromisoformat(moment)
+            return None if moment is None else (moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+
+        assert (utc(chunks[10][0]), chunks[10][1]) == (t0, None)  # queued: the time moved to enqueued_at
+        assert (chunks[11][0], utc(chunks[11][1])) == (None, t0 + timedelta(minutes=5))  # running: a real heartbeat
+        assert queues == {1: "gpu.1", 2: None, 3: None}  # finished jobs are never re-published
+
+        migrate.downgrade(empty_url, "0002")  # and back: the queued chunk's time returns to heartbeat_at
+        with engine.connect() as c:
+            beat = c.execute(text("SELECT heartbeat_at FROM job_chunks WHERE id = 10")).scalar()
+        assert utc(beat) == t0
+    finally:
+        engine.dispose()
