@@ -29,10 +29,9 @@ def main() -> None:
     report["onnxruntime_providers"] = onnxruntime.get_available_providers()
 
     from vicap_jobs.db.store import open_engine
-    from vicap_jobs.services import jobs
     from vicap_jobs.services.captioning import create_caption_job
     from vicap_jobs.services.datasets import create_synth_dataset, load_samples
-    from vicap_jobs.services.training import create_train_job, run_train_job
+    from vicap_jobs.services.training import create_train_job, train_in_process
     from vicap_jobs.settings import get_settings
 
     settings = get_settings()
@@ -61,9 +60,9 @@ def main() -> None:
             "device": device,
         },
     )
-    run_train_job(db=db, job_id=job_id)
+    outcome = train_in_process(db=db, job_id=job_id)
     report["train_cuda_s"] = round(time.perf_counter() - started, 1)
-    report["train_message"] = jobs.get_job(db=db, job_id=job_id).progress_message
+    report["train_message"] = outcome.message
 
     from vicap_jobs.data.images import load_rgb
     from vicap_jobs.engines import load_engine
@@ -76,7 +75,9 @@ def main() -> None:
     report["torch_cuda_vs_cpu_equal"] = sum(a == b for a, b in zip(on_cpu, on_gpu, strict=True)) / len(images)
     report["example_caption"] = on_gpu[0]
 
-    from vicap_jobs.worker.dispatch import LocalWorker, enqueue_chunks, live_workers, wait_for_job
+    from vicap_jobs.cli.waiting import LocalWorker, wait_for_job
+    from vicap_jobs.services.workers import live_workers
+    from vicap_jobs.worker.publish import publish_job
 
     worker = LocalWorker(job_id=0, gpu=0, settings=settings)
     worker.start()
@@ -92,11 +93,9 @@ def main() -> None:
             recursive=False,
             batch_size=16,
             chunk_size=8,
-            device="gpu0",
+            gpu=0,
         )
-        from vicap_jobs.worker.dispatch import queue_for_gpu
-
-        enqueue_chunks(db=db, chunk_ids=plan.chunk_ids, queue=queue_for_gpu(0))
+        publish_job(db=db, job_id=plan.job_id)
         summary = wait_for_job(db=db, job_id=plan.job_id, gpu=0)
     finally:
         worker.stop()

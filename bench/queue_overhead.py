@@ -209,13 +209,14 @@ def run_in_process(args: argparse.Namespace) -> None:
     """The in-process path; the imports a worker child has done before its first task are done before the clock."""
     import torch
 
-    from vicap_jobs.pipeline.runner import EngineCache, run_chunk
+    from vicap_jobs.pipeline.runner import run_chunk
+    from vicap_jobs.services.model_engines import EngineCache
 
     torch.set_num_threads(args.threads)
     setup = Setup(args.work_dir, args, create=False)
     plan = setup.plan()
     started = time.perf_counter()
-    engines = EngineCache(threads=args.threads)  # cold: the model load counts, as in the worker
+    engines = EngineCache(db=setup.db, threads=args.threads)  # cold: the model load counts, as in the worker
     for chunk_id in plan.chunk_ids:
         run_chunk(db=setup.db, chunk_id=chunk_id, engines=engines, worker_name="in-process")
     elapsed = time.perf_counter() - started
@@ -263,23 +264,21 @@ class Worker:
 
 def queued(setup: Setup, broker_url: str) -> tuple[float, int]:
     """Seconds from the first publish to the job's finished_at (both this machine's clock)."""
-    from vicap_jobs.services.jobs import get_job
-
     worker = Worker(setup, broker_url)
     worker.start()
     try:
         plan = setup.plan()
-        enqueue = _dispatch(setup, broker_url)
+        enqueue = _publisher(setup, broker_url)
         started = time.time()
-        enqueue(plan.chunk_ids)
+        enqueue(plan.job_id)
         deadline = time.monotonic() + 60 + setup.args.n_images
-        while get_job(db=setup.db, job_id=plan.job_id).status not in ("succeeded", "failed", "cancelled"):
+        while _job(setup, plan.job_id).status not in ("succeeded", "failed", "cancelled"):
             if worker.process is not None and worker.process.poll() is not None:
                 raise RuntimeError(f"the worker died; see {setup.work / 'worker.log'}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"job {plan.job_id} did not finish in time; see {setup.work / 'worker.log'}")
             time.sleep(0.2)
-        finished = _aware(get_job(db=setup.db, job_id=plan.job_id).finished_at)
+        finished = _aware(_job(setup, plan.job_id).finished_at)
         _check(setup, plan.job_id)
         first_start = min(_aware(c.started_at) for c in _chunks(setup, plan.job_id))
         DETAILS.append(
@@ -310,25 +309,31 @@ def _chunks(setup: Setup, job_id: int) -> list[Any]:
         return list(session.execute(select(JobChunk.started_at).where(JobChunk.job_id == job_id)).all())
 
 
-def _dispatch(setup: Setup, broker_url: str):  # type: ignore[no-untyped-def]
-    """enqueue_chunks on an app configured for ``broker_url`` (the module app is bound at import)."""
+def _publisher(setup: Setup, broker_url: str):  # type: ignore[no-untyped-def]
+    """publish_job on an app configured for ``broker_url`` (the module app is bound at import)."""
     from vicap_jobs.settings import Settings
-    from vicap_jobs.worker import dispatch
+    from vicap_jobs.worker import publish
     from vicap_jobs.worker.app import make_app
 
     app = make_app(Settings(home=setup.home, database_url=setup.database_url, broker_url=broker_url))
-    dispatch.app = app  # this benchmark process talks to one broker per run
+    publish.app = app  # this benchmark process talks to one broker per run
 
-    def enqueue(chunk_ids: list[int]) -> None:
-        dispatch.enqueue_chunks(db=setup.db, chunk_ids=chunk_ids)
+    def enqueue(job_id: int) -> None:
+        publish.publish_job(db=setup.db, job_id=job_id)
 
     return enqueue
 
 
-def _check(setup: Setup, job_id: int) -> None:
-    from vicap_jobs.services.jobs import get_job
+def _job(setup: Setup, job_id: int) -> Any:
+    from vicap_jobs.db.session import session_scope
+    from vicap_jobs.jobs.lifecycle import get_job
 
-    job = get_job(db=setup.db, job_id=job_id)
+    with session_scope(setup.db) as session:
+        return get_job(session=session, job_id=job_id)
+
+
+def _check(setup: Setup, job_id: int) -> None:
+    job = _job(setup, job_id)
     if job.status != "succeeded" or job.done != setup.args.n_images:
         raise RuntimeError(f"job {job_id} ended {job.status} with {job.done}/{setup.args.n_images} images")
 

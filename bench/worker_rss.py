@@ -37,6 +37,7 @@ def main() -> None:
     else:
         os.environ.pop("VICAP_BROKER_URL", None)
 
+    from vicap_jobs.cli.waiting import LocalWorker, wait_for_job
     from vicap_jobs.data.synth import generate_synth
     from vicap_jobs.data.vocab import Vocabulary
     from vicap_jobs.db.store import open_engine
@@ -45,8 +46,9 @@ def main() -> None:
     from vicap_jobs.services.captioning import create_caption_job
     from vicap_jobs.services.exporting import export_model
     from vicap_jobs.services.models import register_model
+    from vicap_jobs.services.workers import live_workers
     from vicap_jobs.settings import get_settings
-    from vicap_jobs.worker.dispatch import LocalWorker, enqueue_chunks, live_workers, wait_for_job
+    from vicap_jobs.worker.publish import publish_job
 
     settings = get_settings()
     db = open_engine(settings)
@@ -106,7 +108,7 @@ def main() -> None:
             chunk_size=args.chunk_size,
         )
         t0 = time.perf_counter()
-        enqueue_chunks(db=db, chunk_ids=plan.chunk_ids)
+        publish_job(db=db, job_id=plan.job_id)
         summary = wait_for_job(db=db, job_id=plan.job_id)
         caption_s = time.perf_counter() - t0
     finally:

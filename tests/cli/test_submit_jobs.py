@@ -20,9 +20,9 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine
 
+from tests import store_helpers as jobs
 from tests.worker.conftest import build_tiny_checkpoint, import_coco_dataset, make_image_folder, register_tiny_model
 from vicap_jobs.cli.main import cli
-from tests import store_helpers as jobs
 from vicap_jobs.pipeline.runner import run_chunk
 from vicap_jobs.services.captioning import create_caption_job
 from vicap_jobs.services.model_engines import EngineCache

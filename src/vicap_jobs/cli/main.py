@@ -14,6 +14,7 @@ import click
 
 from vicap_jobs import __version__
 from vicap_jobs.errors import VicapError
+from vicap_jobs.plugins import load_plugins
 
 #: command name -> "module:attribute"; modules are imported only when needed.
 COMMANDS: dict[str, str] = {
@@ -94,6 +95,7 @@ def cli(verbose: int) -> None:
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    load_plugins()  # VICAP_PLUGINS: families and job kinds from outside this package
 
 
 def main() -> None:
