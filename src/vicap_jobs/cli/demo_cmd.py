@@ -213,7 +213,7 @@ def _report(
     console.rule("result")
     scale = [100 * v for v in (row.bleu_1, row.bleu_2, row.bleu_3, row.bleu_4, row.rouge_l)]
     rows = [[model, *scale]]
-    if row.baseline_bleu_4 is not None:
+    if row.baseline_bleu_4 is not None and row.baseline_rouge_l is not None:
         rows.append(["blind baseline", None, None, None, 100 * row.baseline_bleu_4, 100 * row.baseline_rouge_l])
     print_table(
         f"{plan.dataset} test ({row.n_images} images, syllable tokens, × 100)",

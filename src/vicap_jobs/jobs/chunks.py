@@ -27,6 +27,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from vicap_jobs.db.base import utcnow
+from vicap_jobs.db.session import rows_changed
 from vicap_jobs.db.status import OPEN_CHUNK, OPEN_JOB, CaptionStatus, ChunkStatus, JobStatus
 from vicap_jobs.db.tables import Caption, Job, JobChunk
 from vicap_jobs.errors import InputError
@@ -89,7 +90,8 @@ def mark_chunks_enqueued(*, session: Session, task_ids: dict[int, str]) -> None:
 def claim_chunk(*, session: Session, chunk_id: int, worker: str) -> JobChunk | None:
     """Queued (or running: a redelivery) → running for ``worker``; None when the chunk has ended."""
     now = utcnow()
-    result = session.execute(
+    changed = rows_changed(
+        session,
         update(JobChunk)
         .where(JobChunk.id == chunk_id, JobChunk.status.in_(OPEN_CHUNK))
         .values(
@@ -98,9 +100,9 @@ def claim_chunk(*, session: Session, chunk_id: int, worker: str) -> JobChunk | N
             heartbeat_at=now,
             started_at=now,
             attempts=JobChunk.attempts + 1,
-        )
+        ),
     )
-    if result.rowcount == 0:
+    if changed == 0:
         return None
     return session.get(JobChunk, chunk_id, populate_existing=True)
 
@@ -121,10 +123,11 @@ def close_chunk(*, session: Session, chunk_id: int, outcome: ChunkOutcome) -> bo
     values: dict[str, Any] = {"status": outcome.status, "finished_at": utcnow()}
     if outcome.status == "done":
         values.update(read_s=outcome.read_s, infer_s=outcome.infer_s, write_s=outcome.write_s)
-    result = session.execute(
-        update(JobChunk).where(JobChunk.id == chunk_id, JobChunk.status == ChunkStatus.RUNNING).values(**values)
+    changed = rows_changed(
+        session,
+        update(JobChunk).where(JobChunk.id == chunk_id, JobChunk.status == ChunkStatus.RUNNING).values(**values),
     )
-    return bool(result.rowcount)
+    return bool(changed)
 
 
 def give_up_chunk(*, session: Session, chunk_id: int, reason: str) -> int | None:
@@ -181,8 +184,8 @@ def finish_if_drained(*, session: Session, job_id: int) -> str | None:
         values: dict[str, Any] = {"status": JobStatus.FAILED, "error": error, "finished_at": now}
     else:
         values = {"status": JobStatus.SUCCEEDED, "finished_at": now}
-    result = session.execute(update(Job).where(Job.id == job_id, Job.status.in_(OPEN_JOB)).values(**values))
-    return str(values["status"]) if result.rowcount else None
+    changed = rows_changed(session, update(Job).where(Job.id == job_id, Job.status.in_(OPEN_JOB)).values(**values))
+    return str(values["status"]) if changed else None
 
 
 def error_reason(error: str | None) -> str:

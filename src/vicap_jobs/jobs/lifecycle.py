@@ -24,6 +24,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from vicap_jobs.db.base import utcnow
+from vicap_jobs.db.session import rows_changed
 from vicap_jobs.db.status import FINISHED_JOB, OPEN_CHUNK, OPEN_JOB, CaptionStatus, ChunkStatus, JobStatus
 from vicap_jobs.db.tables import Caption, Job, JobChunk
 from vicap_jobs.errors import InputError, NotFoundError
@@ -89,8 +90,8 @@ def start_job(*, session: Session, job_id: int, worker: str | None = None, devic
     }
     if device is not None:
         values["device"] = device
-    result = session.execute(update(Job).where(Job.id == job_id, Job.status.in_(OPEN_JOB)).values(**values))
-    return bool(result.rowcount)
+    changed = rows_changed(session, update(Job).where(Job.id == job_id, Job.status.in_(OPEN_JOB)).values(**values))
+    return bool(changed)
 
 
 def beat_job(*, session: Session, job_id: int) -> None:
@@ -121,19 +122,20 @@ def succeed_job(*, session: Session, job_id: int, message: str | None = None) ->
     values: dict[str, Any] = {"status": JobStatus.SUCCEEDED, "finished_at": utcnow(), "error": None}
     if message is not None:
         values["progress_message"] = message
-    result = session.execute(update(Job).where(Job.id == job_id, Job.status.in_(OPEN_JOB)).values(**values))
-    return bool(result.rowcount)
+    changed = rows_changed(session, update(Job).where(Job.id == job_id, Job.status.in_(OPEN_JOB)).values(**values))
+    return bool(changed)
 
 
 def fail_job(*, session: Session, job_id: int, reason: str) -> bool:
     """Open → failed with ``reason``; its open chunks fail with the same reason. False if it had ended."""
     now = utcnow()
-    result = session.execute(
+    changed = rows_changed(
+        session,
         update(Job)
         .where(Job.id == job_id, Job.status.in_(OPEN_JOB))
-        .values(status=JobStatus.FAILED, error=reason, finished_at=now)
+        .values(status=JobStatus.FAILED, error=reason, finished_at=now),
     )
-    if not result.rowcount:
+    if not changed:
         return False
     session.execute(
         update(JobChunk)

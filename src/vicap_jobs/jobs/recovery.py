@@ -30,6 +30,7 @@ from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from vicap_jobs.db.base import utcnow
+from vicap_jobs.db.session import rows_changed
 from vicap_jobs.db.status import OPEN_CHUNK, OPEN_JOB, ChunkStatus, JobStatus
 from vicap_jobs.db.tables import Job, JobChunk
 from vicap_jobs.jobs.chunks import give_up_chunk
@@ -83,12 +84,13 @@ def requeue_stale_chunks(*, session: Session, stale_after_s: float, max_attempts
             if give_up_chunk(session=session, chunk_id=chunk_id, reason=reason) is not None:
                 given_up.append(chunk_id)
             continue
-        result = session.execute(
+        changed = rows_changed(
+            session,
             update(JobChunk)
             .where(JobChunk.id == chunk_id, JobChunk.status == ChunkStatus.RUNNING)
-            .values(status=ChunkStatus.QUEUED, worker_host=None, heartbeat_at=None)
+            .values(status=ChunkStatus.QUEUED, worker_host=None, heartbeat_at=None),
         )
-        if result.rowcount:
+        if changed:
             requeued.append(chunk_id)
     return StaleChunks(requeued=requeued, given_up=given_up)
 

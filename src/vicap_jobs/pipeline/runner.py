@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 class Captioner(Protocol):
     """What the runner needs of an engine (``vicap_jobs.engines.base.CaptionEngine`` is one)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def caption(self, images: Sequence[PILImage.Image]) -> list[str]: ...
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, delete, func, select
 
-from vicap_jobs.data.formats import ParsedSplit, read_split
+from vicap_jobs.data.formats import ParsedImage, ParsedSplit, read_split
 from vicap_jobs.data.samples import CaptionSample
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import SPLITS, Dataset, Image, ReferenceCaption
@@ -79,8 +79,16 @@ def import_split(
 
 
 def _write_split(
-    *, db: Engine, name: str, fmt: str, parsed: ParsedSplit, located, split: str, replace: bool, source: Path
-) -> None:  # type: ignore[no-untyped-def]
+    *,
+    db: Engine,
+    name: str,
+    fmt: str,
+    parsed: ParsedSplit,
+    located: list[tuple[ParsedImage, Path]],
+    split: str,
+    replace: bool,
+    source: Path,
+) -> None:
     from vicap_jobs.data.images import image_size, sha256_file
     from vicap_jobs.data.text import normalize
 

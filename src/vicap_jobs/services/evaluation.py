@@ -26,7 +26,7 @@ from vicap_jobs.jobs.lifecycle import create_job, get_job
 from vicap_jobs.jobs.params import EvaluateParams
 from vicap_jobs.metrics.baseline import choose_blind_baseline, evaluate_constant
 from vicap_jobs.metrics.scores import CaptionScores, score_captions
-from vicap_jobs.pipeline.runner import run_chunk
+from vicap_jobs.pipeline.runner import EngineProvider, run_chunk
 from vicap_jobs.services.datasets import get_dataset, split_references
 from vicap_jobs.services.model_engines import EngineCache
 from vicap_jobs.services.models import resolve_engine_name, resolve_model
@@ -118,8 +118,9 @@ def ensure_baseline(
             "no blind baseline for data set %d %s: it needs a train split and a %s split", dataset_id, split, split
         )
         return None
-    choice = choose_blind_baseline(train, tokenization=tokenization)
-    scores = evaluate_constant(choice.caption, target, tokenization=tokenization)
+    tokens = check_tokenization(tokenization)
+    choice = choose_blind_baseline(train, tokenization=tokens)
+    scores = evaluate_constant(choice.caption, target, tokenization=tokens)
     _store_scores(
         db=db,
         scores=scores,
@@ -183,7 +184,7 @@ def run_evaluation(ctx: RunContext) -> EvaluationResult | None:
 
     Returns None when a chunk ended the job (its model cannot load) or it was cancelled.
     """
-    cache = ctx.engines or EngineCache(db=ctx.db, threads=get_settings().torch_threads)
+    cache: EngineProvider = ctx.engines or EngineCache(db=ctx.db, threads=get_settings().torch_threads)
     with session_scope(ctx.db) as session:
         chunk_ids = open_chunk_ids(session=session, job_id=ctx.job_id)
     for chunk_id in chunk_ids:
@@ -260,7 +261,7 @@ def evaluate_predictions(
     *, db: Engine, path: Path, dataset: str, split: str, tokenization: str = "syllable", allow_missing: bool = False
 ) -> EvaluationResult:
     """Score an external predictions file (COCO results JSON or CSV) and store it (model_id NULL)."""
-    check_tokenization(tokenization)
+    tokens = check_tokenization(tokenization)
     ds = get_dataset(db=db, name=dataset)
     references = split_references(db=db, dataset_id=ds.id, split=split)
     if not references:
@@ -268,11 +269,11 @@ def evaluate_predictions(
     by_coco, by_name = _image_keys(db, ds.id, split)
     predictions: dict[int, str] = {}
     for index, (key, caption) in enumerate(read_predictions(path)):
-        image_id = by_coco.get(key) if isinstance(key, int) else by_name.get(str(key)) or by_coco.get(_int_or_none(key))
+        image_id = by_coco.get(key) if isinstance(key, int) else by_name.get(str(key)) or _by_number(by_coco, key)
         if image_id is None:
             raise DatasetFormatError(f"{path}: entry {index} names image {key!r}, which is not in {dataset!r} {split}")
         predictions[image_id] = caption
-    scores = score_captions(predictions, references, tokenization=tokenization, allow_missing=allow_missing)
+    scores = score_captions(predictions, references, tokenization=tokens, allow_missing=allow_missing)
     evaluation_id = _store_scores(
         db=db,
         scores=scores,
@@ -341,6 +342,12 @@ def _image_keys(db: Engine, dataset_id: int, split: str) -> tuple[dict[int, int]
             select(Image.id, Image.coco_id, Image.file_name).where(Image.dataset_id == dataset_id, Image.split == split)
         ).all()
     return {c: i for i, c, _ in rows if c is not None}, {f: i for i, _, f in rows}
+
+
+def _by_number(by_coco: dict[int, int], key: object) -> int | None:
+    """The image whose COCO id is ``key`` written as text ("42"), if any."""
+    number = _int_or_none(key)
+    return None if number is None else by_coco.get(number)
 
 
 def _int_or_none(value: object) -> int | None:

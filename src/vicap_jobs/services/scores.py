@@ -58,7 +58,7 @@ def baselines(*, db: Engine) -> list[tuple[str, str, str, float, float, int]]:
     """(data set, split, tokenization, BLEU-4, ROUGE-L, n_images) of the newest blind baselines."""
     with session_scope(db) as session:
         return [
-            tuple(row)  # type: ignore[misc]
+            (str(row[0]), str(row[1]), str(row[2]), float(row[3]), float(row[4]), int(row[5]))
             for row in session.execute(
                 text(
                     "SELECT dataset_name, split, tokenization, bleu_4, rouge_l, n_images FROM latest_scores "
