@@ -197,3 +197,23 @@ def test_a_rejected_url_is_not_echoed_with_its_password(vicap_setenv: SetEnv) ->
     vicap_setenv("database_url", "mysql://vicap:s3cret@db.example/vicap")  # an unsupported scheme
     line = _assert_cli_error(_invoke("config"), expect="invalid VICAP_DATABASE_URL")
     assert "s3cret" not in line
+
+
+# --------------------------------------------------------------------------- a bug, not a user mistake
+
+
+def test_an_unexpected_error_is_one_line_and_its_traceback_shows_with_vv(vicap_env: Path) -> None:
+    """The CLI's last resort: a bug (here a planted ZeroDivisionError) is one line, the traceback only with -vv."""
+    repo = Path(__file__).resolve().parents[2]
+    path = os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH", "")) if p)
+    plugin = {"VICAP_PLUGINS": "tests.plugins.broken_command", "PYTHONPATH": path}
+
+    quiet = _run_console_script(["jobs", "list"], vicap_env, **plugin)
+    line = _assert_one_line_error(quiet.returncode, quiet.stdout, quiet.stderr, expect="unexpected ZeroDivisionError")
+    assert "division by zero" in line and "rerun with -vv" in line
+    assert quiet.returncode == 1
+
+    loud = _run_console_script(["-vv", "jobs", "list"], vicap_env, **plugin)
+    assert loud.returncode == 1
+    assert "Traceback (most recent call last)" in loud.stderr and "ZeroDivisionError: division by zero" in loud.stderr
+    assert "_broken_list_jobs" in loud.stderr  # the frame that raised
