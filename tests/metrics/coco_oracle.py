@@ -16,9 +16,9 @@ from pycocoevalcap.rouge.rouge import Rouge
 
 @dataclass(frozen=True)
 class CocoScores:
-    """Corpus BLEU-1..4 and ROUGE-L from pycocoevalcap, with the lengths behind the brevity penalty."""
+    """Corpus BLEU-1..n and ROUGE-L from pycocoevalcap, with the lengths behind the brevity penalty."""
 
-    bleu: tuple[float, float, float, float]
+    bleu: tuple[float, ...]
     rouge_l: float
     candidate_length: int  # summed over the corpus
     reference_length: int  # summed effective reference lengths (per the length option)
@@ -29,10 +29,11 @@ def coco_scores(
     references: Mapping[Hashable, Sequence[Sequence[str]]],
     *,
     reference_length: Literal["closest", "shortest", "average"] = "closest",
+    max_n: int = 4,
 ) -> CocoScores:
-    """Score tokenized candidates as pycocoevalcap's `Bleu(4)` ("closest" is its choice) and `Rouge` do."""
+    """Score tokenized candidates as pycocoevalcap's `Bleu(max_n)` ("closest" is its choice) and `Rouge` do."""
     assert candidates.keys() == references.keys()
-    scorer = BleuScorer(n=4)
+    scorer = BleuScorer(n=max_n)
     for key, candidate in candidates.items():
         scorer += (" ".join(candidate), [" ".join(reference) for reference in references[key]])
     bleu, _ = scorer.compute_score(option=reference_length, verbose=0)
@@ -41,7 +42,7 @@ def coco_scores(
         {key: [" ".join(candidate)] for key, candidate in candidates.items()},
     )
     return CocoScores(
-        bleu=(bleu[0], bleu[1], bleu[2], bleu[3]),
+        bleu=tuple(bleu),
         rouge_l=float(rouge),
         candidate_length=scorer._testlen,
         reference_length=int(scorer._reflen),

@@ -126,11 +126,21 @@ def test_baseline_for_a_test_split_is_chosen_on_train() -> None:
     assert evaluate_constant(test_best, CAT_TEST, tokenization="syllable").bleu_4 > on_test.bleu_4 + 0.1
 
 
-def test_empty_input_is_rejected() -> None:
-    with pytest.raises(InputError):
-        choose_blind_baseline({}, tokenization="syllable")
-    with pytest.raises(InputError):
-        choose_blind_baseline({1: ["..."]}, tokenization="syllable")
+@pytest.mark.parametrize(
+    ("references", "message"),
+    [
+        ({}, "no reference captions given"),
+        ({1: ["...", "!"]}, "every reference caption is empty after normalization"),
+        ({1: ["một con chó"], 2: []}, "image 2 needs a non-empty list of reference captions"),
+        ({1: "một con chó"}, "image 1 needs a non-empty list of reference captions"),  # a string is not a list
+    ],
+    ids=["no images", "all empty", "no references", "a string"],
+)
+def test_bad_input_is_rejected(references: dict[int, list[str]], message: str) -> None:
+    for call in (choose_blind_baseline, constant_caption_bleu_4):
+        with pytest.raises(InputError) as caught:
+            call(references, tokenization="syllable")
+        assert str(caught.value) == message
 
 
 @pytest.fixture(scope="module")

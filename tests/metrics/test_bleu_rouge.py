@@ -12,7 +12,7 @@ import pytest
 from tests.metrics.coco_oracle import CocoScores, coco_scores
 from vicap_jobs.data.text import Tokenization, detokenize, tokenize
 from vicap_jobs.errors import InputError, UnknownNameError
-from vicap_jobs.metrics.bleu import closest_reference_length, corpus_bleu
+from vicap_jobs.metrics.bleu import BleuCounts, closest_reference_length, corpus_bleu, sentence_counts
 from vicap_jobs.metrics.rouge import corpus_rouge_l, lcs_length, sentence_rouge_l
 from vicap_jobs.metrics.scores import CaptionScores, score_captions
 
@@ -138,6 +138,19 @@ def test_hand_checked_bleu_counts() -> None:
     assert bleu[3] < 1e-3
 
 
+def test_sentence_counts_by_hand() -> None:
+    # "a a b c" against "a b c d" and "a a": unigram a is clipped by the largest count in ONE
+    # reference (2, from "a a"); bigrams aa, ab, bc match; trigram abc; no 4-gram.
+    candidate, references = ["a", "a", "b", "c"], [["a", "b", "c", "d"], ["a", "a"]]
+    assert sentence_counts(candidate, references) == BleuCounts(
+        max_n=4, candidate_length=4, reference_length=4, guessed=[4, 3, 2, 1], matched=[4, 3, 1, 0]
+    )
+    assert sentence_counts(candidate, references, max_n=2) == BleuCounts(
+        max_n=2, candidate_length=4, reference_length=4, guessed=[4, 3], matched=[4, 3]
+    )
+    assert corpus_bleu([candidate], [references], max_n=2) == pytest.approx((1.0, 1.0))
+
+
 def test_closest_reference_length_prefers_shorter_on_tie() -> None:
     # Candidate length 4 against 1, 3, 5, 8: closest with the shorter on a tie is 3, whereas
     # "shortest" gives 1, "longest" 8 and "closest, longer on a tie" 5; in any order.
@@ -178,20 +191,56 @@ def test_as_percent() -> None:
     assert scores.as_percent() == pytest.approx({"bleu_1": 50, "bleu_2": 40, "bleu_3": 30, "bleu_4": 20, "rouge_l": 25})
 
 
+def _message(call, *args, **kwargs) -> str:  # noqa: ANN001
+    with pytest.raises(InputError) as caught:
+        call(*args, **kwargs)
+    return str(caught.value)
+
+
 def test_score_captions_rejects_bad_input() -> None:
     references = {1: ["một con chó."], 2: ["hai con mèo."]}
-    with pytest.raises(InputError, match="no predictions"):
-        score_captions({}, references, tokenization="syllable")
-    with pytest.raises(InputError, match="no references"):
-        score_captions({1: "chó", 3: "mèo"}, references, tokenization="syllable")
-    with pytest.raises(InputError, match="allow-missing"):
-        score_captions({1: "một con chó"}, references, tokenization="syllable")
-    with pytest.raises(InputError, match="non-empty list"):
-        score_captions({1: "chó"}, {1: "một con chó"}, tokenization="syllable")
+    assert _message(score_captions, {}, references, tokenization="syllable") == "no predictions to score"
+    assert (
+        _message(score_captions, {1: "chó", 3: "mèo"}, references, tokenization="syllable")
+        == "1 predicted images have no references: 3"
+    )
+    assert _message(score_captions, {1: "một con chó"}, references, tokenization="syllable") == (
+        "1 images have references but no prediction: 2 "
+        "(to score only the predicted images, allow missing ones: --allow-missing)"
+    )
+    assert (
+        _message(score_captions, {1: "chó"}, {1: "một con chó"}, tokenization="syllable")
+        == "image 1 needs a non-empty list of reference captions"
+    )
+    assert (
+        _message(score_captions, {"a": "chó"}, {"a": []}, tokenization="syllable")
+        == "image 'a' needs a non-empty list of reference captions"
+    )
     with pytest.raises(UnknownNameError):
         score_captions({1: "chó"}, {1: ["chó"]}, tokenization="bpe")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         score_captions({1: "chó"}, {1: ["chó"]})  # type: ignore[call-arg]
+
+
+def test_error_messages_list_at_most_five_keys() -> None:
+    references = {f"img{i}": ["chó"] for i in range(7)}
+    five = {f"new{i}": "chó" for i in range(5)}
+    seven = {f"new{i}": "chó" for i in range(7)}
+    assert (
+        _message(score_captions, five, references, tokenization="syllable")
+        == "5 predicted images have no references: 'new0', 'new1', 'new2', 'new3', 'new4'"
+    )
+    assert (
+        _message(score_captions, seven, references, tokenization="syllable")
+        == "7 predicted images have no references: 'new0', 'new1', 'new2', 'new3', 'new4', ..."
+    )
+
+
+def test_metric_functions_reject_mismatched_input() -> None:
+    assert _message(corpus_bleu, [["a"], ["b"]], [[["a"]]]) == "2 candidates but 1 reference lists"
+    assert _message(corpus_rouge_l, [["a"]], [[["a"]], [["b"]]]) == "1 candidates but 2 reference lists"
+    assert _message(corpus_rouge_l, [], []) == "ROUGE-L needs at least one candidate"
+    assert _message(sentence_rouge_l, ["a"], []) == "ROUGE-L needs at least one reference"
 
 
 def test_allow_missing_scores_the_intersection() -> None:

@@ -41,17 +41,17 @@ def corpora(draw: st.DrawFn, max_images: int = 5) -> tuple[list[Tokens], list[li
     return candidates, references
 
 
-def _coco(candidates: list[Tokens], references: list[list[Tokens]]):  # noqa: ANN202
-    return coco_scores(dict(enumerate(candidates)), dict(enumerate(references)))
+def _coco(candidates: list[Tokens], references: list[list[Tokens]], max_n: int = 4):  # noqa: ANN202
+    return coco_scores(dict(enumerate(candidates)), dict(enumerate(references)), max_n=max_n)
 
 
 @PROPERTY_SETTINGS
-@given(corpora())
-def test_bleu_and_rouge_equal_pycocoevalcap(corpus: tuple[list[Tokens], list[list[Tokens]]]) -> None:
+@given(corpora(), st.integers(1, 4))
+def test_bleu_and_rouge_equal_pycocoevalcap(corpus: tuple[list[Tokens], list[list[Tokens]]], max_n: int) -> None:
     candidates, references = corpus
-    coco = _coco(candidates, references)
+    coco = _coco(candidates, references, max_n)
     event("brevity penalty on" if coco.candidate_length < coco.reference_length else "brevity penalty off")
-    assert corpus_bleu(candidates, references) == pytest.approx(coco.bleu, abs=TOLERANCE, rel=0)
+    assert corpus_bleu(candidates, references, max_n) == pytest.approx(coco.bleu, abs=TOLERANCE, rel=0)
     assert corpus_rouge_l(candidates, references) == pytest.approx(coco.rouge_l, abs=TOLERANCE, rel=0)
 
 
