@@ -329,7 +329,7 @@ WIDE_CASES = {
     "32-bit, just over 255": (np.int32, "tif", [0, 256], [0, 1]),
     "32-bit, 16-bit range": (np.int32, "tif", [1000, 30000, 65535], [4, 117, 255]),
     "32-bit, just over 65535": (np.int32, "tif", [1000, 33268, 65536], [0, 128, 255]),  # 127.5 rounds to even
-    "32-bit, large": (np.int32, "tif", [0, 50000, 100000], [0, 128, 255]),
+    "32-bit, large": (np.int32, "tif", [0, 50000, 75000, 100000], [0, 128, 191, 255]),
     "float, 8-bit range": (np.float32, "tif", [2.5, 100.4, 254.6], [2, 100, 255]),
     "float, negative": (np.float32, "tif", [-1.0, 0.0, 1.0], [0, 128, 255]),
     "float, narrow negative": (np.float32, "tif", [-0.5, -0.25, 0.0], [0, 128, 255]),
@@ -346,6 +346,13 @@ def test_wide_gray_modes_map_to_8_bits(tmp_path: Path, case: str) -> None:
     image = load_rgb(path)
     assert image.mode == "RGB"
     assert [image.getpixel((x, 0)) for x in range(len(values))] == [(v, v, v) for v in expected]
+
+
+def test_one_pixel_wide_and_high_images_load(tmp_path: Path) -> None:
+    for size in [(1, 5), (5, 1), (1, 1)]:
+        Image.new("RGB", size, (1, 2, 3)).save(tmp_path / "thin.png")
+        image = load_rgb(tmp_path / "thin.png")
+        assert (image.size, image.getpixel((0, 0))) == (size, (1, 2, 3))
 
 
 def test_preprocess_accepts_the_smallest_size() -> None:

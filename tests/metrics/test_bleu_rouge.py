@@ -119,6 +119,7 @@ def test_identical_captions_score_one() -> None:
     tokens = ["một", "con", "chó", "đang", "chạy", "trên", "cỏ"]
     bleu = corpus_bleu([tokens], [[tokens]])
     assert bleu == pytest.approx((1.0, 1.0, 1.0, 1.0), abs=1e-9)
+    assert corpus_bleu([tokens], [[tokens]], max_n=6) == pytest.approx((1.0,) * 6, abs=1e-9)  # 5- and 6-grams too
     assert corpus_rouge_l([tokens], [[tokens]]) == pytest.approx(1.0)
 
 

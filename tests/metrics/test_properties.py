@@ -46,7 +46,7 @@ def _coco(candidates: list[Tokens], references: list[list[Tokens]], max_n: int =
 
 
 @PROPERTY_SETTINGS
-@given(corpora(), st.integers(1, 4))
+@given(corpora(), st.integers(1, 4))  # pycocoevalcap's references are counted up to 4-grams only
 def test_bleu_and_rouge_equal_pycocoevalcap(corpus: tuple[list[Tokens], list[list[Tokens]]], max_n: int) -> None:
     candidates, references = corpus
     coco = _coco(candidates, references, max_n)

@@ -220,6 +220,62 @@ def test_closed_hypothesis_length_counts_eos(beam_size: int) -> None:
     assert beam(EOS_COUNTS, beam_size=beam_size, max_len=6, alpha=1.0) == [[3]]
 
 
+def weighted(rows: dict[int, dict[int, int]]) -> dict[int, dict[int, float]]:
+    """A table from integer weights per row."""
+    return {previous: {token: w / sum(row.values()) for token, w in row.items()} for previous, row in rows.items()}
+
+
+# Found by a seeded search (one table in ~10^5). At step 2 the candidates rank [5, 5], [3] + EOS,
+# [5] + EOS (5e-5 behind), ...: with K = 2 only an EOS among the top K closes. Also closing the one
+# ranked K-th fills the K closed slots early, and the search stops on [3] instead of finding
+# [5, 5, 5, 5, 5, 5, 5], which the length penalty (alpha 2) prefers.
+ONLY_TOP_K_CLOSE = weighted(
+    {
+        BOS: {EOS: 47, 5: 49, 3: 50, 6: 8, 4: 12},
+        3: {5: 6, 6: 30, 4: 1, 3: 23, EOS: 35},
+        4: {3: 5, 4: 3, EOS: 50},
+        5: {3: 29, EOS: 53, 5: 59},
+        6: {4: 20, 6: 3, 5: 59, EOS: 46},
+    }
+)
+
+
+def test_only_an_eos_among_the_top_k_closes_a_hypothesis() -> None:
+    expected = [5, 5, 5, 5, 5, 5, 5]
+    assert reference_beam_search(ONLY_TOP_K_CLOSE, beam_size=2, max_len=7, alpha=2.0) == (expected, False)
+    assert beam(ONLY_TOP_K_CLOSE, beam_size=2, max_len=7, alpha=2.0) == [expected]
+
+
+def test_exact_ties_go_to_the_hypothesis_closed_first() -> None:
+    # [3] + EOS and [4, 5] + EOS both have probability exactly 1/2 (no rounding: one log-softmax value
+    # plus zeros). The first one closed wins: [3], not the larger list [4, 5].
+    table = {BOS: {3: 0.5, 4: 0.5}, 3: {EOS: 1.0}, 4: {5: 1.0}, 5: {EOS: 1.0}}
+    assert beam(table, beam_size=2, max_len=5, alpha=0.0, batch=2) == [[3], [3]]
+
+
+def on_cpu(table: dict[int, dict[int, float]], vocab: int = 8):  # noqa: ANN201
+    """`table_step` that makes its tensors on the device of the tokens it is fed."""
+    plain = table_step(table, vocab)
+
+    def step(tokens: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        assert tokens.device.type == state[0].device.type == "cpu"
+        with torch.device("cpu"):
+            return plain(tokens, state)
+
+    return step
+
+
+def test_tensors_follow_the_state_device_not_torchs_default() -> None:
+    """Decoding makes every tensor on the decoder state's device, even when the default device is another."""
+    kwargs = {"batch_size": 2, "max_len": 6, "bos_id": BOS, "eos_id": EOS}
+    state = start_state(2)
+    with torch.device("meta"):  # any tensor made without an explicit device lands here and fails
+        beams = beam_search(on_cpu(MYOPIC), state, beam_size=2, **kwargs)
+        greedy = greedy_decode(on_cpu(MYOPIC), state, **kwargs)
+    assert beams == [[4]] * 2
+    assert greedy == [[3, 5]] * 2
+
+
 @st.composite
 def tables(draw: st.DrawFn) -> dict[int, dict[int, float]]:
     """A random bigram table over 1-3 tokens (ids 3..5); each row a distribution over EOS and tokens."""
