@@ -333,6 +333,13 @@ WIDE_CASES = {
     "float, 8-bit range": (np.float32, "tif", [2.5, 100.4, 254.6], [2, 100, 255]),
     "float, negative": (np.float32, "tif", [-1.0, 0.0, 1.0], [0, 128, 255]),
     "float, narrow negative": (np.float32, "tif", [-0.5, -0.25, 0.0], [0, 128, 255]),
+    # 1.0792951... scales to 159.4999...: double precision gives 159, single precision would give 160.
+    "float, min-max near .5": (
+        np.float32,
+        "tif",
+        [0.5664685964584351, 1.3473950624465942, 1.0792951583862305, -0.1277155876159668, 1.8019882440567017],
+        [92, 195, 159, 0, 255],
+    ),
 }
 
 

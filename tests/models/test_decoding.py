@@ -253,6 +253,25 @@ def test_exact_ties_go_to_the_hypothesis_closed_first() -> None:
     assert beam(table, beam_size=2, max_len=5, alpha=0.0, batch=2) == [[3], [3]]
 
 
+def test_an_image_stops_when_its_best_live_beam_only_equals_the_worst_closed() -> None:
+    # With K = 2 and alpha 2, step 3 closes [3, 5] + EOS and keeps [3, 5, 6] live with exactly the same
+    # log-probability (EOS and 6 share one row at 0.5 each), so the best live beam EQUALS the worst closed
+    # hypothesis: "does not beat" means stop, with [3]. Carrying on would let the length penalty lift
+    # [3, 5, 6, 8, 8, ...] above it. Every tie here sits inside the top K, so topk's order does not matter.
+    table = {
+        BOS: {3: 0.9, 4: 0.1},
+        3: {EOS: 0.5, 5: 0.5},
+        4: {7: 1.0},
+        5: {EOS: 0.5, 6: 0.5},
+        6: {8: 1.0},
+        7: {EOS: 1.0},
+        8: {8: 1.0},
+    }
+    assert beam(table, beam_size=2, max_len=8, alpha=2.0, batch=2) == [[3], [3]]
+    scores = {tuple(ids): score for score, ids in oracle_hypotheses(table, 8, 2.0)}
+    assert scores[(3, 5, 6, 8, 8, 8, 8, 8)] > scores[(3,)]  # so stopping is what picks [3]
+
+
 def on_cpu(table: dict[int, dict[int, float]], vocab: int = 8):  # noqa: ANN201
     """`table_step` that makes its tensors on the device of the tokens it is fed."""
     plain = table_step(table, vocab)
