@@ -1,14 +1,16 @@
-"""Blind constant-caption baseline: fast BLEU-4 equals the full scorer; UIT-ViIC numbers."""
+"""Blind constant-caption baseline: fast BLEU-4 equals the full scorer; chosen on train; UIT-ViIC numbers."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
-from vicap_jobs.data.text import Tokenization, normalize
+from tests.metrics.coco_oracle import coco_scores
+from vicap_jobs.data.text import Tokenization, tokenize
 from vicap_jobs.errors import InputError
 from vicap_jobs.metrics.baseline import (
     BaselineChoice,
@@ -17,8 +19,6 @@ from vicap_jobs.metrics.baseline import (
     evaluate_constant,
 )
 from vicap_jobs.metrics.scores import score_captions
-
-UITVIIC_DIR = Path(__file__).resolve().parents[2].parent / "shared/data/uitviic"
 
 # Repeated words, so constant captions hit clipping with multiplicities above one.
 TINY_REFERENCES = {
@@ -29,15 +29,43 @@ TINY_REFERENCES = {
 }
 
 
-def _references(split: str) -> dict[int, list[str]]:
-    """Raw captions per image of one UIT-ViIC split, or skip the test when the data set is absent."""
-    path = UITVIIC_DIR / f"uitviic_captions_{split}2017.json"
-    if not path.is_file():
-        pytest.skip(f"UIT-ViIC not found at {path} (shared/ must sit next to the repository root)")
+# Train and test splits whose best constant captions differ ("một con chó đang chạy" on train,
+# "hai con mèo đang ngủ trên ghế" on test), so choosing on the wrong split shows.
+DOG_TRAIN = {
+    1: ["Một con chó đang chạy trên cỏ.", "Con chó chạy trên bãi cỏ"],
+    2: ["Một con chó đang nằm ngủ.", "Chó ngủ trên cỏ"],
+    3: ["Một con mèo đang ngủ trên ghế"],
+    4: ["Một con chó đang chạy.", "Hai con chó chơi đùa"],
+}
+CAT_TEST = {
+    1: ["Hai con mèo đang ngủ trên ghế.", "Mèo ngủ trên ghế"],
+    2: ["Hai con mèo đang nằm ngủ", "Con mèo đang ngủ"],
+    3: ["Hai con mèo đang chơi trên ghế"],
+}
+
+
+def _references(folder: Path, split: str) -> dict[int, list[str]]:
+    """Raw captions per image of one UIT-ViIC split (folder: the `uitviic_dir` fixture)."""
+    path = folder / f"uitviic_captions_{split}2017.json"
     references: dict[int, list[str]] = {}
     for entry in json.loads(path.read_text(encoding="utf-8"))["annotations"]:
         references.setdefault(entry["image_id"], []).append(entry["caption"])
     return references
+
+
+def _oracle_ranking(references: Mapping[int, Sequence[str]]) -> list[tuple[str, float, float]]:
+    """Every distinct normalized caption as a constant prediction, scored by pycocoevalcap, best first.
+
+    Best = highest BLEU-4, then highest ROUGE-L, then alphabetically first: the documented rule,
+    computed without any of our scoring code.
+    """
+    tokenized = {key: [tokenize(text) for text in refs] for key, refs in references.items()}
+    captions = {" ".join(tokens) for refs in tokenized.values() for tokens in refs if tokens}
+    ranking = []
+    for caption in captions:
+        coco = coco_scores(dict.fromkeys(tokenized, caption.split()), tokenized)
+        ranking.append((caption, coco.bleu[3], coco.rouge_l))
+    return sorted(ranking, key=lambda row: (-row[1], -row[2], row[0]))
 
 
 def _assert_fast_equals_full(references: dict[int, list[str]], captions: list[str], tokenization: Tokenization) -> None:
@@ -75,47 +103,88 @@ def test_ties_on_bleu_4_go_to_rouge_l() -> None:
     assert choice.rouge_l == pytest.approx(rouge["c c a b"])
 
 
-def test_empty_input_is_rejected() -> None:
-    with pytest.raises(InputError):
-        choose_blind_baseline({}, tokenization="syllable")
-    with pytest.raises(InputError):
-        choose_blind_baseline({1: ["..."]}, tokenization="syllable")
+def test_choice_is_the_oracle_best_on_the_split_it_is_given() -> None:
+    for references in (DOG_TRAIN, CAT_TEST, TINY_REFERENCES):
+        (best, bleu_4, rouge_l), runner_up = _oracle_ranking(references)[:2]
+        assert bleu_4 > runner_up[1] + 1e-6  # a clear winner, so the exact check is fair
+        choice = choose_blind_baseline(references, tokenization="syllable")
+        assert choice == BaselineChoice(caption=best, bleu_4=pytest.approx(bleu_4), rouge_l=pytest.approx(rouge_l))
+
+
+def test_baseline_for_a_test_split_is_chosen_on_train() -> None:
+    train_best = _oracle_ranking(DOG_TRAIN)[0][0]
+    test_best = _oracle_ranking(CAT_TEST)[0][0]
+    assert (train_best, test_best) == ("một con chó đang chạy", "hai con mèo đang ngủ trên ghế")
+    choice = choose_blind_baseline(DOG_TRAIN, tokenization="syllable")
+    assert choice.caption == train_best
+    on_test = evaluate_constant(choice.caption, CAT_TEST, tokenization="syllable")
+    tokenized_test = {key: [tokenize(text) for text in refs] for key, refs in CAT_TEST.items()}
+    coco = coco_scores(dict.fromkeys(CAT_TEST, train_best.split()), tokenized_test)
+    assert (on_test.bleu_4, on_test.rouge_l) == pytest.approx((coco.bleu[3], coco.rouge_l), abs=1e-9)
+    assert on_test.n_images == len(CAT_TEST)
+    # Peeking at the test split would have scored far better: the choice really came from train.
+    assert evaluate_constant(test_best, CAT_TEST, tokenization="syllable").bleu_4 > on_test.bleu_4 + 0.1
+
+
+@pytest.mark.parametrize(
+    ("references", "message"),
+    [
+        ({}, "no reference captions given"),
+        ({1: ["...", "!"]}, "every reference caption is empty after normalization"),
+        ({1: ["một con chó"], 2: []}, "image 2 needs a non-empty list of reference captions"),
+        ({1: "một con chó"}, "image 1 needs a non-empty list of reference captions"),  # a string is not a list
+    ],
+    ids=["no images", "all empty", "no references", "a string"],
+)
+def test_bad_input_is_rejected(references: dict[int, list[str]], message: str) -> None:
+    for call in (choose_blind_baseline, constant_caption_bleu_4):
+        with pytest.raises(InputError) as caught:
+            call(references, tokenization="syllable")
+        assert str(caught.value) == message
 
 
 @pytest.fixture(scope="module")
-def train_choice() -> tuple[BaselineChoice, float]:
-    train = _references("train")
+def train_choice(uitviic_dir: Path) -> tuple[BaselineChoice, float]:
+    train = _references(uitviic_dir, "train")
     start = time.perf_counter()
     choice = choose_blind_baseline(train, tokenization="syllable")
     return choice, time.perf_counter() - start
 
 
-def test_fast_bleu_4_equals_full_scorer_on_uitviic_val() -> None:
-    val = _references("val")
+def test_fast_bleu_4_equals_full_scorer_on_uitviic_val(uitviic_dir: Path) -> None:
+    val = _references(uitviic_dir, "val")
     fast = constant_caption_bleu_4(val, tokenization="syllable")
     ranked = sorted(fast, key=fast.__getitem__)
     picks = [ranked[0], ranked[len(ranked) // 3], ranked[len(ranked) // 2], ranked[-2], ranked[-1]]
     _assert_fast_equals_full(val, picks, "syllable")
 
 
-def test_blind_baseline_on_uitviic_test(train_choice: tuple[BaselineChoice, float]) -> None:
+# The README's numbers: on UIT-ViIC test the train-chosen caption scores BLEU-4 32.6, ROUGE-L 56.6.
+README_BASELINE = "một người đàn ông đang chơi bóng chày ở trên sân"
+
+
+def test_blind_baseline_on_uitviic_test(uitviic_dir: Path, train_choice: tuple[BaselineChoice, float]) -> None:
     choice, seconds = train_choice
-    train_captions = {normalize(caption) for refs in _references("train").values() for caption in refs}
-    assert choice.caption in train_captions
-    scores = evaluate_constant(choice.caption, _references("test"), tokenization="syllable")
+    assert choice.caption == README_BASELINE
+    test = _references(uitviic_dir, "test")
+    scores = evaluate_constant(choice.caption, test, tokenization="syllable")
     print(
         f"\nblind baseline (chosen on UIT-ViIC train in {seconds:.1f} s): {choice.caption!r}"
         f"\n  train: BLEU-4 {choice.bleu_4:.4f}  ROUGE-L {choice.rouge_l:.4f}"
         f"\n  test:  BLEU-4 {scores.bleu_4:.4f}  ROUGE-L {scores.rouge_l:.4f}  (n_images={scores.n_images})"
     )
     assert scores.n_images == 231
-    assert 0.2 < scores.bleu_4 < 0.45
-    assert 0.4 < scores.rouge_l < 0.7
+    assert (round(100 * scores.bleu_4, 1), round(100 * scores.rouge_l, 1)) == (32.6, 56.6)
+    tokenized = {key: [tokenize(text) for text in refs] for key, refs in test.items()}
+    coco = coco_scores(dict.fromkeys(test, README_BASELINE.split()), tokenized)
+    assert (scores.bleu_4, scores.rouge_l) == pytest.approx((coco.bleu[3], coco.rouge_l), abs=1e-9)
+    # Chosen on test, the constant would be another caption: the assertion above tells the splits apart.
+    assert choose_blind_baseline(test, tokenization="syllable").caption != README_BASELINE
     assert seconds < 30
 
 
-def test_train_choice_matches_full_scorer(train_choice: tuple[BaselineChoice, float]) -> None:
+def test_train_choice_matches_full_scorer(uitviic_dir: Path, train_choice: tuple[BaselineChoice, float]) -> None:
     choice, _ = train_choice
-    full = evaluate_constant(choice.caption, _references("train"), tokenization="syllable")
+    full = evaluate_constant(choice.caption, _references(uitviic_dir, "train"), tokenization="syllable")
     assert choice.bleu_4 == pytest.approx(full.bleu_4, abs=1e-12)
     assert choice.rouge_l == pytest.approx(full.rouge_l, abs=1e-12)
