@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from vicap_jobs.cli import choices
 from vicap_jobs.cli.common import console, open_store, print_table
 
 
@@ -42,7 +43,7 @@ def dataset() -> None:
     type=click.Path(path_type=Path, file_okay=False),
     help="Folder the file names are relative to (default: the captions file's folder).",
 )
-@click.option("--split", type=click.Choice(["train", "val", "test"]), required=True)
+@click.option("--split", type=choices.SPLIT, required=True)
 @click.option("--require-images", is_flag=True, help="Fail when an image file is missing instead of reporting it.")
 @click.option("--replace", is_flag=True, help="Replace this split if it was imported before.")
 def import_cmd(
@@ -172,7 +173,7 @@ def show(name: str) -> None:
 
 @dataset.command()
 @click.argument("name")
-@click.option("--split", "splits", multiple=True, type=click.Choice(["train", "val", "test"]), help="Repeatable.")
+@click.option("--split", "splits", multiple=True, type=choices.SPLIT, help="Repeatable.")
 @click.option("--off", is_flag=True, help="Stop re-evaluating this data set.")
 def nightly(name: str, splits: tuple[str, ...], off: bool) -> None:
     """Choose which splits the nightly scheduler re-evaluates every model on.

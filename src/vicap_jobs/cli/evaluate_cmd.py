@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from vicap_jobs.cli import choices
 from vicap_jobs.cli.common import console, open_store, print_table
 
 
@@ -17,10 +18,10 @@ from vicap_jobs.cli.common import console, open_store, print_table
     help='A COCO results JSON ([{"image_id", "caption"}]) or CSV (image_id or file_name, caption).',
 )
 @click.option("--dataset", required=True)
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--split", type=choices.SPLIT, default="test", show_default=True)
 @click.option(
     "--tokenization",
-    type=click.Choice(["syllable", "word"]),
+    type=choices.TOKENIZATION,
     default="syllable",
     show_default=True,
     help="How captions are split into tokens for BLEU/ROUGE-L (stored with the scores).",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from vicap_jobs.cli import choices
 from vicap_jobs.cli.common import console, open_store
 
 
@@ -20,7 +21,7 @@ def export() -> None:
 
 @export.command()
 @click.argument("model")
-@click.option("--quantize", type=click.Choice(["int8"]), help="Static (QDQ) int8, calibrated on training images.")
+@click.option("--quantize", type=choices.QUANTIZATION, help="Static (QDQ) int8, calibrated on training images.")
 def onnx(model: str, quantize: str | None) -> None:
     """Write encoder_model.onnx + decoder_model.onnx, verify them against torch, record them on the model.
 

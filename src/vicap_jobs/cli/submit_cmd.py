@@ -8,10 +8,9 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
+from vicap_jobs.cli import choices
 from vicap_jobs.cli.common import console, err_console
 from vicap_jobs.cli.train_options import options_from_cli, train_arguments
-
-ENGINE_CHOICES = ("onnx", "torch", "torch-bf16", "int8")
 
 
 def _wait_option(command: Any) -> Any:
@@ -51,7 +50,7 @@ def submit() -> None:
 @click.option("--model", default=None, help="Registered model name (default: the newest).")
 @click.option(
     "--engine",
-    type=click.Choice(ENGINE_CHOICES),
+    type=choices.ENGINE,
     default=None,
     help="Inference engine (default: the family's, onnx once exported).",
 )
@@ -142,7 +141,7 @@ def train(gpu: int | None, wait: bool, **values: Any) -> None:
 @click.argument("model")
 @click.option(
     "--quantize",
-    type=click.Choice(["int8"]),
+    type=choices.QUANTIZATION,
     default=None,
     help="Static int8 (QDQ) quantization, calibrated on training images.",
 )
@@ -169,11 +168,9 @@ def export(model: str, quantize: str | None, wait: bool) -> None:
 @submit.command()
 @click.option("--model", required=True, help="Registered model name.")
 @click.option("--dataset", required=True, help="Data set name.")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
-@click.option("--tokenization", type=click.Choice(["syllable", "word"]), default="syllable", show_default=True)
-@click.option(
-    "--engine", type=click.Choice(ENGINE_CHOICES), default=None, help="Inference engine (default: the family's)."
-)
+@click.option("--split", type=choices.SPLIT, default="test", show_default=True)
+@click.option("--tokenization", type=choices.TOKENIZATION, default="syllable", show_default=True)
+@click.option("--engine", type=choices.ENGINE, default=None, help="Inference engine (default: the family's).")
 @_gpu_option
 @_wait_option
 def evaluate(

@@ -51,12 +51,12 @@ class EngineCache:
     def get(self, model: ModelRef, engine_name: str) -> Any:
         key = (model.id, engine_name, model.exported_at.isoformat() if model.exported_at else "")
         if key not in self._engines:
-            from vicap_jobs.engines import load_engine
+            from vicap_jobs.engines import ModelArtifacts, load_engine
 
+            exports = {"onnx": Path(model.onnx_path)} if model.onnx_path else {}
             self._engines[key] = load_engine(
                 engine_name,
-                Path(model.artifact_dir),
-                onnx_dir=Path(model.onnx_path) if model.onnx_path else None,
+                ModelArtifacts(Path(model.artifact_dir), exports=exports),
                 device=self.device,
                 threads=self.threads,
             )

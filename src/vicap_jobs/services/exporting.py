@@ -8,25 +8,26 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from vicap_jobs.engines.onnx_format import EXPORT_FORMAT, default_onnx_dir
 from vicap_jobs.errors import InputError, VicapError
+from vicap_jobs.export import QUANTIZATIONS
 from vicap_jobs.models.registry import get_family
 from vicap_jobs.services import jobs
 from vicap_jobs.services.models import model_by_id, record_export, resolve_model
 
 log = logging.getLogger(__name__)
 
-QUANTIZE_CHOICES = ("int8",)
 CALIBRATION_IMAGES = 256
 
 
 def create_export_job(*, db: Engine, model: str, quantize: str | None = None) -> int:
     ref = resolve_model(db=db, name=model)
-    if "onnx" not in get_family(ref.family).exportable:
+    if EXPORT_FORMAT not in get_family(ref.family).exports:
         raise InputError(
             f"model {ref.name!r} ({ref.family}) has no ONNX export; it runs with the {get_family(ref.family).default_engine} engine"
         )
-    if quantize not in (None, *QUANTIZE_CHOICES):
-        raise InputError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}")
+    if quantize not in (None, *QUANTIZATIONS):
+        raise InputError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}")
     return jobs.create_job(
         db=db, kind="export", params={"model": ref.name, "quantize": quantize}, model_id=ref.id, total=1
     )
@@ -43,7 +44,7 @@ def run_export_job(*, db: Engine, job_id: int) -> Any:
     try:
         ref = model_by_id(db=db, model_id=job.model_id)
         quantize = job.params.get("quantize")
-        out_dir = Path(ref.artifact_dir) / "onnx"
+        out_dir = default_onnx_dir(Path(ref.artifact_dir))
         calibration = _calibration_images(db, ref.dataset_id) if quantize else []
         eval_fn = _test_bleu_4(db, ref.dataset_id) if quantize else None
         report = export_and_verify(

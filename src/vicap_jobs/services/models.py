@@ -93,10 +93,7 @@ def resolve_engine_name(model: ModelRef, requested: str | None) -> str:
         if spec.default_engine == "onnx" and not model.onnx_path:
             return "torch"
         return spec.default_engine
-    if requested not in spec.engines:
-        from vicap_jobs.engines import UnknownEngineError
-
-        raise UnknownEngineError(requested, list(spec.engines), kind=f"engine for {model.family}")
+    spec.check_engine(requested)
     if requested == "onnx" and not model.onnx_path:
         raise InputError(
             f"model {model.name!r} has no ONNX export yet; run `vicap-jobs export onnx {model.name}` or use --engine torch"

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from vicap_jobs.devices import torch_device
 from vicap_jobs.errors import InputError, VicapError
 from vicap_jobs.models.registry import get_family
 from vicap_jobs.services import jobs
@@ -35,25 +36,11 @@ def train_options(values: dict[str, Any]) -> Any:
         raise InputError(f"unknown training option(s): {', '.join(unknown)}")
     clean = {k: v for k, v in values.items() if v is not None}
     if "device" in clean:
-        check_device(str(clean["device"]))
+        torch_device(str(clean["device"]))  # this machine can train there (imports torch)
     weights = clean.get("backbone_weights")
     if weights not in (None, "pretrained", "random"):
         clean["backbone_weights"] = Path(weights)
     return TrainOptions(**clean)
-
-
-def check_device(device: str) -> None:
-    """A torch device string this machine can train on, or InputError saying why not."""
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} asked for, but torch sees no CUDA GPU here; use --device cpu")
-    if parsed.type not in ("cpu", "cuda"):
-        raise InputError(f"unsupported device {device!r}; use cpu, cuda or cuda:N")
 
 
 def create_train_job(*, db: Engine, name: str, family: str, dataset: str, options: dict[str, Any]) -> int:
@@ -107,7 +94,7 @@ def run_train_job(*, db: Engine, job_id: int, progress_bar: bool = False) -> int
             backbone=options.backbone,
             artifact_dir=str(out_dir),
             hyperparameters=params["options"],
-            vocabulary=str(out_dir / "vocab.json"),
+            vocabulary=str(result.codec_file),
             tokenization=options.tokenization,
             image_size=options.image_size,
             dataset_id=job.dataset_id,
