@@ -115,8 +115,10 @@ def test_config_from_options_fills_only_fields_the_config_has() -> None:
         hidden_dim: int = 768
         image_size: int = 224
 
-    config = config_from_options(ViTConfig, options(hidden_dim=64, embed_dim=32), vocab_size=9, backbone="tiny")
-    assert config == ViTConfig(vocab_size=9, hidden_dim=64, image_size=224)
+    config = config_from_options(ViTConfig, options(hidden_dim=64), vocab_size=9, backbone="tiny")
+    assert config == ViTConfig(vocab_size=9, hidden_dim=768, image_size=224)  # LSTM dims are not the loop's
+    config = config_from_options(ViTConfig, options(config_overrides={"hidden_dim": 384}), vocab_size=9)
+    assert config == ViTConfig(vocab_size=9, hidden_dim=384)
     with pytest.raises(InputError, match=r"unknown ViTConfig fields \['n_heads'\]"):
         config_from_options(ViTConfig, options(config_overrides={"n_heads": 4}))
 

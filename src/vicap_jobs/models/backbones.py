@@ -131,13 +131,6 @@ def pretrained_weights_path(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
-def backbone_weights_option(path: str | Path | None, *, random_init: bool) -> BackboneWeights:
-    """CLI options → ``weights``: --backbone-weights PATH wins, then --random-init, else "pretrained"."""
-    if path is not None:
-        return Path(path)
-    return "random" if random_init else "pretrained"
-
-
 def build_backbone(name: str, *, weights: BackboneWeights) -> tuple[nn.Module, int]:
     """Build backbone ``name`` and return it with its channel count C.
 

@@ -5,6 +5,12 @@ LSTM from a zero state reads v, then the words; logits come from the LSTM
 output plus v (projected to the hidden size when E ≠ H), as the seed design did.
 Teacher forcing runs ``nn.LSTM`` over whole sequences (cuDNN when on GPU);
 ``start``/``step`` run the same weights one step at a time as plain ops.
+
+``FAMILY`` at the bottom declares the rest: checkpoints in the safetensors layout
+(``config.json`` + ``model.safetensors`` + ``vocab.json``), a Vocabulary as text
+codec, squash/ImageNet preprocessing. Its registry line (``models/registry.py``,
+"cnn-lstm") names its engines (onnx, torch, torch-bf16), its ONNX export and its
+trainer (``training/lstm.py``).
 """
 
 from __future__ import annotations

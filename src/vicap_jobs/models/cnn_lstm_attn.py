@@ -6,6 +6,12 @@ alpha = softmax(e), context = sum(alpha * feat), optionally gated by
 sigmoid(f_beta(h)); the LSTMCell reads [word embedding, context].
 h and c start from linear maps of the mean feature. ``start`` computes
 W_enc·feat once and keeps it in the state.
+
+``FAMILY`` at the bottom declares the rest: checkpoints in the safetensors layout
+(``config.json`` + ``model.safetensors`` + ``vocab.json``), a Vocabulary as text
+codec, squash/ImageNet preprocessing. Its registry line (``models/registry.py``,
+"cnn-lstm-attn") names its engines (onnx, torch, torch-bf16), its ONNX export and its
+trainer (``training/lstm.py``).
 """
 
 from __future__ import annotations

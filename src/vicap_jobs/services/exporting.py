@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -14,6 +14,9 @@ from vicap_jobs.export import QUANTIZATIONS
 from vicap_jobs.models.registry import get_family
 from vicap_jobs.services import jobs
 from vicap_jobs.services.models import model_by_id, record_export, resolve_model
+
+if TYPE_CHECKING:
+    from vicap_jobs.export.verify import EvalFn
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,7 @@ def _calibration_images(db: Engine, dataset_id: int | None) -> list[Path]:
         return [Path(p) for p in paths]
 
 
-def _test_bleu_4(db: Engine, dataset_id: int | None, limit: int = 300):  # type: ignore[no-untyped-def]
+def _test_bleu_4(db: Engine, dataset_id: int | None, limit: int = 300) -> EvalFn | None:
     """A callback scoring an engine's captions on the model's test split (BLEU-4), to report what int8 costs."""
     from vicap_jobs.data.images import load_rgb
     from vicap_jobs.metrics.scores import score_captions

@@ -55,8 +55,6 @@ log = logging.getLogger(__name__)
 
 FINAL_LR_FRACTION = 0.05  # the decay ends at lr * this
 CHECKPOINT_ENTRIES = frozenset({MANIFEST_FILE, WEIGHTS_FILE, VOCAB_FILE, HF_DIR, ADAPTER_DIR})
-# Options that override fields of the family's config when the config has them (None: family default).
-CONFIG_OVERRIDES = ("embed_dim", "hidden_dim", "attention_dim", "dropout")
 
 Schedule = torch.optim.lr_scheduler.LambdaLR
 
@@ -126,17 +124,14 @@ def check_out_dir(out_dir: Path) -> None:
             )
 
 
-def config_from_options(config_cls: type, options: TrainOptions, **fixed: Any) -> Any:
-    """The family's config dataclass: ``fixed`` values, then the named option overrides, then ``config_overrides``.
+def config_from_options(config_cls: type, options: TrainOptions, **values: Any) -> Any:
+    """The family's config dataclass from the trainer's ``values``, then ``options.config_overrides``.
 
-    Named overrides (:data:`CONFIG_OVERRIDES`) and ``fixed`` values apply only to fields
-    the config has; an unknown ``config_overrides`` field is an InputError naming the known ones.
+    ``values`` apply only to fields the config has (a family trainer passes what it takes
+    from the options); an unknown ``config_overrides`` field is an InputError naming the known ones.
     """
     known = {f.name for f in dataclasses.fields(config_cls)}
-    values = dict(fixed)
-    for name in CONFIG_OVERRIDES:
-        if getattr(options, name) is not None:
-            values[name] = getattr(options, name)
+    values = dict(values)
     unknown = sorted(set(options.config_overrides) - known)
     if unknown:
         raise InputError(f"unknown {config_cls.__name__} fields {unknown}; known: {sorted(known)}")

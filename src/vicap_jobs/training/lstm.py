@@ -55,6 +55,8 @@ from vicap_jobs.training.loop import (
 from vicap_jobs.training.options import TrainOptions, TrainProgress, TrainResult
 
 PIXEL_MEMORY_BUDGET = 1 << 30  # when fine-tuning, keep decoded pixels in memory below this many bytes
+# TrainOptions fields that set the CNN+LSTM config fields of the same name (None: the family's default).
+LSTM_DIMENSIONS = ("embed_dim", "hidden_dim", "attention_dim", "dropout")
 
 
 @dataclass
@@ -245,6 +247,7 @@ def train_lstm(
         raise InputError("every train or every validation image has only empty captions")
 
     family_model = spec.model
+    dimensions = {name: getattr(options, name) for name in LSTM_DIMENSIONS if getattr(options, name) is not None}
     with deterministic(options.seed):
         config = config_from_options(
             family_model.config_cls,
@@ -253,6 +256,7 @@ def train_lstm(
             backbone=options.backbone,
             image_size=options.image_size,
             finetune_backbone=options.finetune_backbone,
+            **dimensions,
         )
         model = spec.build(config, backbone_weights=options.backbone_weights).to(device)
         epochs = LSTMEpochs(

@@ -55,8 +55,8 @@ class TrainOptions:
     backbone: str = "tiny"
     backbone_weights: Literal["pretrained", "random"] | Path = "random"
     finetune_backbone: bool = True  # False: frozen backbone, features extracted once and cached
-    # Overrides of the family's config fields (CNN+LSTM dims here); None keeps the family default,
-    # a field the family's config lacks is skipped (see training.loop.config_from_options).
+    # CNN+LSTM config fields (training/lstm.py sets them); None keeps the family default,
+    # a field the family's config lacks is skipped.
     embed_dim: int | None = 64
     hidden_dim: int | None = 128
     attention_dim: int | None = 64
