@@ -73,7 +73,7 @@ def build_checkpoint(args: argparse.Namespace, work: Path, train_captions: list[
     spec = get_family(args.family)
     config = spec.config_cls(backbone=args.backbone, image_size=args.image_size)
     model = spec.build(config, len(vocab), backbone_weights="random").eval()
-    return save_checkpoint(work / "model", model=model, family=args.family, vocab=vocab, meta={"bench": "random init"})
+    return save_checkpoint(work / "model", model=model, family=args.family, codec=vocab, meta={"bench": "random init"})
 
 
 def synth_images(work: Path, n_images: int, size: int) -> tuple[list[Path], list[str]]:
@@ -89,15 +89,13 @@ def synth_images(work: Path, n_images: int, size: int) -> tuple[list[Path], list
 def run_engine(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Worker mode: caption every image with one engine; time each stage."""
     from vicap_jobs.data.images import load_rgb
-    from vicap_jobs.engines import load_engine
-    from vicap_jobs.engines.base import DecodeOptions
+    from vicap_jobs.engines import DecodeOptions, ModelArtifacts, load_engine
 
     paths = json.loads((work / "images.json").read_text())
     started = time.perf_counter()
     engine = load_engine(
         args.run_engine,
-        work / "model",
-        onnx_dir=work / "onnx",
+        ModelArtifacts(work / "model", exports={"onnx": work / "onnx"}),
         threads=args.threads,
         decode=DecodeOptions(beam_size=args.beam_size, max_len=args.max_len),
     )

@@ -65,11 +65,11 @@ def main() -> None:
     report["train_message"] = outcome.message
 
     from vicap_jobs.data.images import load_rgb
-    from vicap_jobs.engines import load_engine
+    from vicap_jobs.engines import ModelArtifacts, load_engine
 
     test = load_samples(db=db, dataset="synth", split="test")
     images = [load_rgb(s.image_path) for s in test]
-    checkpoint = settings.models_dir / "gpu-attn"
+    checkpoint = ModelArtifacts(settings.models_dir / "gpu-attn")
     on_cpu = load_engine("torch", checkpoint, device="cpu").caption(images)
     on_gpu = load_engine("torch", checkpoint, device=device).caption(images)
     report["torch_cuda_vs_cpu_equal"] = sum(a == b for a, b in zip(on_cpu, on_gpu, strict=True)) / len(images)

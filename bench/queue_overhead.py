@@ -114,7 +114,7 @@ def make_model(out_dir: Path, image_size: int) -> Path:
     spec = get_family("cnn-lstm")
     config = spec.config_cls(backbone="tiny", image_size=image_size, dropout=0.0)
     model = spec.build(config, len(vocab), backbone_weights="random").eval()
-    return save_checkpoint(out_dir, model=model, family="cnn-lstm", vocab=vocab, meta={"bench": "queue_overhead"})
+    return save_checkpoint(out_dir, model=model, family="cnn-lstm", codec=vocab, meta={"bench": "queue_overhead"})
 
 
 def make_images(folder: Path, n: int, size: int) -> Path:

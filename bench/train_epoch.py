@@ -30,13 +30,14 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import peak_rss_mb, write_result  # noqa: E402
 
+from vicap_jobs.data.images import Preprocessing
 from vicap_jobs.data.samples import CaptionSample
 from vicap_jobs.data.synth import generate_synth
 from vicap_jobs.data.vocab import PAD_ID, Vocabulary
 from vicap_jobs.models.registry import get_family
 from vicap_jobs.training.batches import collate, encode_captions, tokenize_samples
 from vicap_jobs.training.features import extract_features
-from vicap_jobs.training.trainer import TrainOptions
+from vicap_jobs.training.options import TrainOptions
 
 
 def load_split(root: Path, split: str) -> list[CaptionSample]:
@@ -93,7 +94,7 @@ def run_scheme(scheme: str, data_dir: str, n_epochs: int, queue: mp.Queue) -> No
     model = spec.build(spec.config_cls(**fields), backbone_weights="random")
     model.eval()
     features = extract_features(
-        model.extract_features, train, image_size=options.image_size, progress=False
+        model.extract_features, train, preprocessing=Preprocessing(options.image_size), progress=False
     ).float()  # (N, C, h, w)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=options.lr)
     make_batches = teacher_forcing_batches if scheme == "teacher_forcing" else prefix_batches

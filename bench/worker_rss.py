@@ -65,7 +65,7 @@ def main() -> None:
     vocab = Vocabulary.build([["một", "cầu", "thủ", "đang", "chơi", "bóng", "đá"]], tokenization="syllable")
     config = spec.config_cls(vocab_size=len(vocab), backbone="tiny", image_size=args.size)
     model = spec.build(config, backbone_weights="random")
-    checkpoint = save_checkpoint(home / "models" / "bench", model=model, family=spec.name, vocab=vocab, meta={})
+    checkpoint = save_checkpoint(home / "models" / "bench", model=model, family=spec.name, codec=vocab, meta={})
     register_model(
         db=db,
         name="bench",

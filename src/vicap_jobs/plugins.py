@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+from typing import Any
 
-from vicap_jobs.errors import ConfigError
+from vicap_jobs.errors import ConfigError, InputError
 from vicap_jobs.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -39,3 +40,15 @@ def load_plugins() -> list[str]:
         imported.append(name)
         log.info("plugin %s loaded", name)
     return imported
+
+
+def resolve(ref: str) -> Any:
+    """The object named by ``"package.module:attribute"``, importing the module now.
+
+    Registries hold such references (a family's engines, a job kind's run function) so that
+    listing names imports nothing heavy, and a low layer never imports the layer that does the work.
+    """
+    module, sep, attribute = ref.partition(":")
+    if not sep or not module or not attribute:
+        raise InputError(f"a reference must look like 'package.module:attribute', got {ref!r}")
+    return getattr(importlib.import_module(module), attribute)

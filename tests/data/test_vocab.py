@@ -138,3 +138,25 @@ def test_built_from_train_only_val_only_tokens_are_unknown() -> None:
     assert val_only, "expected UIT-ViIC val to contain syllables never seen in train"
     assert vocab.encode(val_only[:1]) == [BOS_ID, UNK_ID, EOS_ID]
     assert all(vocab.token_id(token) == UNK_ID for token in val_only)
+
+
+def test_codec_protocol_encode_and_decode_captions(tmp_path: Path) -> None:
+    vocab = Vocabulary.build([tokenize("Một cầu thủ đá bóng", "syllable")], tokenization="syllable")
+    ids = vocab.encode_caption("Một CẦU thủ, đá cầu!")
+    assert ids == [BOS_ID, *(vocab.token_id(t) for t in ["một", "cầu", "thủ", "đá", "cầu"]), EOS_ID]
+    assert vocab.encode_caption("một cầu thủ đá bóng", max_len=4) == [BOS_ID, ids[1], ids[2], EOS_ID]
+    assert vocab.decode_caption([*ids[1:4], EOS_ID, ids[4]]) == "một cầu thủ"  # stops at EOS
+    assert vocab.decode_caption([BOS_ID, PAD_ID, ids[1]]) == "một"
+    assert (vocab.bos_id, vocab.eos_id, vocab.pad_id, vocab.banned_ids) == (BOS_ID, EOS_ID, PAD_ID, (PAD_ID, BOS_ID))
+    assert (
+        vocab.save_codec(tmp_path) == "vocab.json" and Vocabulary.load(tmp_path / "vocab.json").tokens == vocab.tokens
+    )
+
+
+def test_decode_caption_detokenizes_words_and_gives_nfc() -> None:
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFD", "bóng_đá")
+    vocab = Vocabulary(["<pad>", "<bos>", "<eos>", "<unk>", decomposed, "sân"], tokenization="word")
+    text = vocab.decode_caption([4, 5])
+    assert text == "bóng đá sân" and unicodedata.is_normalized("NFC", text)

@@ -9,10 +9,12 @@ import onnx
 import pytest
 
 from tests.export.tiny_models import fixture_images, save_tiny
-from vicap_jobs.engines import load_engine
+from vicap_jobs.data.images import Preprocessing
+from vicap_jobs.engines import ModelArtifacts, load_engine
 from vicap_jobs.engines.base import CaptionEngine
+from vicap_jobs.engines.onnx_format import default_onnx_dir
 from vicap_jobs.errors import InputError
-from vicap_jobs.export.onnx import default_onnx_dir, export_onnx
+from vicap_jobs.export.onnx import export_onnx
 from vicap_jobs.export.quantize import INT8_SUBDIR, ImageCalibrationReader, quantize_int8
 from vicap_jobs.export.verify import export_and_verify
 
@@ -60,7 +62,7 @@ def test_export_and_verify_int8_runs_and_reports(tmp_path: Path, calibration_ima
     config = json.loads((q.int8_dir / "onnx_config.json").read_text(encoding="utf-8"))
     assert config["quantization"]["method"] == "onnxruntime static QDQ"
     # Workers open it like any export.
-    engine = load_engine("onnx", checkpoint, onnx_dir=q.int8_dir)
+    engine = load_engine("onnx", ModelArtifacts(checkpoint, exports={"onnx": q.int8_dir}))
     assert len(engine.caption(fixture_images(3, seed=1))) == 3
 
 
@@ -71,12 +73,13 @@ def test_quantize_into_a_chosen_folder(tmp_path: Path, calibration_images: list[
         export.out_dir, calibration_images[:8], out_dir=tmp_path / "int8", speed_images=4, batch_size=4
     )
     assert report.int8_dir == tmp_path / "int8" and report.n_speed_images == 4
-    assert len(load_engine("onnx", checkpoint, onnx_dir=report.int8_dir).caption(fixture_images(2))) == 2
+    engine = load_engine("onnx", ModelArtifacts(checkpoint, exports={"onnx": report.int8_dir}))
+    assert len(engine.caption(fixture_images(2))) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int8", "model", "onnx"]  # no temporary folders left
 
 
 def test_calibration_reader_batches_and_skips_broken_files(calibration_images: list[Path]) -> None:
-    reader = ImageCalibrationReader(calibration_images, image_size=32, batch_size=8)
+    reader = ImageCalibrationReader(calibration_images, preprocessing=Preprocessing(32), batch_size=8)
     shapes = []
     while (batch := reader.get_next()) is not None:
         shapes.append(batch["pixel_values"].shape)

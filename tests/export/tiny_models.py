@@ -1,7 +1,8 @@
-"""Tiny CNN+LSTM checkpoints for engine and export tests, built through the family registry.
+"""Tiny checkpoints of every registered family for engine, export and contract tests.
 
-Every model is saved with ``save_checkpoint`` and read back by the code under
-test through ``load_checkpoint`` / ``load_engine``, the path users take.
+Models come from ``tests.models.tiny_families`` (built through the family
+registry); every one is saved with ``save_checkpoint`` and read back by the code
+under test through ``load_checkpoint`` / ``load_engine``, the path users take.
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tests.models.tiny_families import TINY
+from vicap_jobs.data.images import preprocess
 from vicap_jobs.data.text import tokenize
-from vicap_jobs.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocabulary
+from vicap_jobs.data.vocab import Vocabulary
+from vicap_jobs.export import EXPORTERS
+from vicap_jobs.models.captioner import StepCaptioner
 from vicap_jobs.models.checkpoint import save_checkpoint
-from vicap_jobs.models.registry import get_family
+from vicap_jobs.models.manifest import ModelArtifacts, default_export_dir, read_manifest
+from vicap_jobs.models.registry import family_names, get_family, resolve
 
-FAMILIES = ("cnn-lstm", "cnn-lstm-attn")
-IMAGE_SIZE = 32
+FAMILIES = tuple(family_names())
+ONNX_FAMILIES = tuple(name for name in FAMILIES if "onnx" in get_family(name).exports)
 CAPTIONS = (
     "một cầu thủ đá bóng trên sân cỏ",
     "hai người chơi quần vợt trên sân",
@@ -32,13 +38,9 @@ def tiny_vocab() -> Vocabulary:
     return Vocabulary.build([tokenize(text, "syllable") for text in CAPTIONS], tokenization="syllable")
 
 
-def build_tiny(family: str, *, seed: int = 0, image_size: int = IMAGE_SIZE) -> torch.nn.Module:
-    """A random tiny model (``tiny`` backbone, 16-24 wide layers), eval mode."""
-    spec = get_family(family)
-    extra = {"attention_dim": 16} if family == "cnn-lstm-attn" else {}
-    config = spec.config_cls(backbone="tiny", image_size=image_size, embed_dim=16, hidden_dim=24, dropout=0.0, **extra)
-    torch.manual_seed(seed)
-    return spec.build(config, len(tiny_vocab()), backbone_weights="random").eval()
+def build_tiny(family: str, *, seed: int = 0, **changes: object) -> StepCaptioner:
+    """A random tiny model of ``family`` (its ``TINY`` config with ``changes``), eval mode."""
+    return TINY[family].build(len(tiny_vocab()), seed=seed, **changes)
 
 
 def fixture_images(n: int, *, seed: int = 0, size: int = 40) -> list[Image.Image]:
@@ -60,13 +62,23 @@ def save_tiny(out_dir: Path, family: str, *, seed: int = 0, trained: bool = Fals
         overfit(model, vocab)
     if long:
         with torch.no_grad():
-            model.output.bias[[PAD_ID, BOS_ID, EOS_ID]] -= 20.0
+            model.output.bias[[vocab.pad_id, vocab.bos_id, vocab.eos_id]] -= 20.0
     return save_checkpoint(
-        out_dir, model=model, family=family, vocab=vocab, meta={"fixture": "tiny", "trained": trained}
+        out_dir, model=model, family=family, codec=vocab, meta={"fixture": "tiny", "trained": trained}
     )
 
 
-def overfit(model: torch.nn.Module, vocab: Vocabulary, *, steps: int = 80) -> None:
+def export_all(checkpoint: Path) -> ModelArtifacts:
+    """Run every exporter the checkpoint's family lists, into the default folders; the artifacts engines open."""
+    family = get_family(read_manifest(checkpoint)["family"])
+    exports = {}
+    for fmt in family.exports:
+        exports[fmt] = default_export_dir(checkpoint, fmt)
+        resolve(EXPORTERS[fmt])(checkpoint, exports[fmt])
+    return ModelArtifacts(checkpoint, exports=exports)
+
+
+def overfit(model: StepCaptioner, vocab: Vocabulary, *, steps: int = 80) -> None:
     """Teacher-force the fixture captions onto ``trained_images()`` until the model has memorized them.
 
     Runs on one thread: on a shared 2-core machine that is several times faster than two.
@@ -79,9 +91,7 @@ def overfit(model: torch.nn.Module, vocab: Vocabulary, *, steps: int = 80) -> No
         torch.set_num_threads(threads)
 
 
-def _overfit(model: torch.nn.Module, vocab: Vocabulary, steps: int) -> None:
-    from vicap_jobs.data.images import preprocess
-
+def _overfit(model: StepCaptioner, vocab: Vocabulary, steps: int) -> None:
     pixels = torch.from_numpy(preprocess(trained_images(), model.config.image_size))
     encoded = [vocab.encode(tokenize(text, "syllable")) for text in CAPTIONS]
     width = max(len(ids) for ids in encoded)

@@ -13,7 +13,6 @@ from vicap_jobs.models import backbones
 from vicap_jobs.models.backbones import (
     TinyCNN,
     backbone_names,
-    backbone_weights_option,
     build_backbone,
     grid_size,
     load_backbone_weights,
@@ -113,9 +112,3 @@ def test_old_densenet_keys_are_renamed() -> None:
     key = "features.denseblock1.denselayer1.norm.1.weight"
     assert backbones._DENSENET_OLD_KEY.sub(r"\1\2.\3", key) == "features.denseblock1.denselayer1.norm1.weight"
     assert backbones._DENSENET_OLD_KEY.sub(r"\1\2.\3", "features.norm0.weight") == "features.norm0.weight"
-
-
-def test_cli_options_map_to_weights(tmp_path: Path) -> None:
-    assert backbone_weights_option(None, random_init=False) == "pretrained"
-    assert backbone_weights_option(None, random_init=True) == "random"
-    assert backbone_weights_option(str(tmp_path / "w.pth"), random_init=True) == tmp_path / "w.pth"

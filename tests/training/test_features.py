@@ -1,7 +1,8 @@
-"""Feature cache: hits skip the backbone, the key follows backbone/weights/size, fp16 on disk, atomic writes."""
+"""Feature cache: hits skip the extractor, the key follows weights/preprocessing/data, any shape, fp16, atomic writes."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from vicap_jobs.data.images import CLIP_MEAN, CLIP_STD, Preprocessing, load_rgb
 from vicap_jobs.data.samples import CaptionSample
 from vicap_jobs.errors import ImageError
 from vicap_jobs.training import features as features_module
@@ -41,7 +43,13 @@ def samples(tmp_path: Path) -> list[CaptionSample]:
 
 
 def key(**changes: object) -> FeatureKey:
-    fields = {"dataset_key": "synth", "split": "train", "backbone": "tiny", "weights_id": "abc", "image_size": 16}
+    fields: dict[str, object] = {
+        "dataset_key": "synth",
+        "split": "train",
+        "weights_id": "abc",
+        "preprocessing": Preprocessing(16),
+        "label": "tiny",
+    }
     fields.update(changes)
     return FeatureKey(**fields)  # type: ignore[arg-type]
 
@@ -72,7 +80,14 @@ def test_only_missing_images_are_extracted(samples: list[CaptionSample], tmp_pat
 
 @pytest.mark.parametrize(
     "change",
-    [{"image_size": 32}, {"backbone": "vgg16"}, {"weights_id": "other"}, {"split": "val"}, {"dataset_key": "uit-viic"}],
+    [
+        {"preprocessing": Preprocessing(32)},
+        {"preprocessing": Preprocessing(16, resize="shorter-side-crop")},
+        {"preprocessing": Preprocessing(16, mean=CLIP_MEAN, std=CLIP_STD)},
+        {"weights_id": "other"},  # another backbone, or other weights of the same one
+        {"split": "val"},
+        {"dataset_key": "uit-viic"},
+    ],
 )
 def test_key_change_means_new_file(samples: list[CaptionSample], tmp_path: Path, change: dict) -> None:
     base = key()
@@ -84,15 +99,39 @@ def test_key_change_means_new_file(samples: list[CaptionSample], tmp_path: Path,
     assert extractor.images == 5
 
 
-def test_image_size_reaches_the_extractor(samples: list[CaptionSample], tmp_path: Path) -> None:
-    seen: list[tuple[int, ...]] = []
+def test_the_name_only_labels_the_file(samples: list[CaptionSample], tmp_path: Path) -> None:
+    assert key(label="densenet201").digest() == key().digest()
+    assert "tiny" in key().path(tmp_path).name and "16px" in key().path(tmp_path).name
+
+
+def test_the_preprocessing_policy_reaches_the_extractor(samples: list[CaptionSample], tmp_path: Path) -> None:
+    seen: list[torch.Tensor] = []
 
     def extractor(pixels: torch.Tensor) -> torch.Tensor:
-        seen.append(tuple(pixels.shape[1:]))
+        seen.append(pixels)
         return pixels[:, :, :2, :2]
 
-    cached_features(key=key(image_size=24), samples=samples, extractor=extractor, cache_dir=tmp_path, progress=False)
-    assert seen and all(shape == (3, 24, 24) for shape in seen)
+    policy = Preprocessing(24, resize="shorter-side-crop", mean=CLIP_MEAN, std=CLIP_STD)
+    cached_features(
+        key=key(preprocessing=policy), samples=samples, extractor=extractor, cache_dir=tmp_path, progress=False
+    )
+    assert seen and all(tuple(batch.shape[1:]) == (3, 24, 24) for batch in seen)
+    expected = policy.apply([load_rgb(s.image_path) for s in samples])
+    np.testing.assert_array_equal(torch.cat(seen).numpy(), expected)
+
+
+@pytest.mark.parametrize("shape", [(7,), (5, 4), (3, 2, 2, 2)])
+def test_any_feature_shape_is_cached(samples: list[CaptionSample], tmp_path: Path, shape: tuple[int, ...]) -> None:
+    """Pooled vectors (CLIP), token sequences (ViT), grids (CNN): stored and read back as they are."""
+
+    def extractor(pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.mean(dim=(1, 2, 3)).reshape(-1, *([1] * len(shape))).expand(-1, *shape).contiguous()
+
+    first = cached_features(key=key(), samples=samples, extractor=extractor, cache_dir=tmp_path, progress=False)
+    again = CountingExtractor()
+    second = cached_features(key=key(), samples=samples, extractor=again, cache_dir=tmp_path, progress=False)
+    assert first.features.shape == second.features.shape == (5, *shape) and again.calls == 0
+    assert torch.equal(first.features, second.features)
 
 
 def test_stored_as_fp16_with_key_metadata(samples: list[CaptionSample], tmp_path: Path) -> None:
@@ -103,7 +142,8 @@ def test_stored_as_fp16_with_key_metadata(samples: list[CaptionSample], tmp_path
     with safe_open(str(table.path), framework="pt") as handle:
         assert handle.get_tensor("features").dtype == torch.float16
         assert handle.get_tensor("image_ids").tolist() == [s.image_id for s in samples]
-        assert handle.metadata()["image_size"] == "16"
+        assert json.loads(handle.metadata()["preprocessing"])["size"] == 16
+        assert handle.metadata()["weights_id"] == "abc" and handle.metadata()["format"] == "vicap-features-2"
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".safetensors"] == [table.path.name]
 
 
@@ -155,7 +195,7 @@ def test_unreadable_image_names_the_file(samples: list[CaptionSample], tmp_path:
         cached_features(key=key(), samples=bad, extractor=CountingExtractor(), cache_dir=tmp_path, progress=False)
 
 
-def test_module_digest_follows_weights() -> None:
+def test_module_digest_follows_weights_and_code() -> None:
     torch.manual_seed(0)
     a = torch.nn.Conv2d(3, 4, 3)
     b = torch.nn.Conv2d(3, 4, 3)
@@ -163,3 +203,10 @@ def test_module_digest_follows_weights() -> None:
     assert module_digest(a) != module_digest(b)
     b.load_state_dict(a.state_dict())
     assert module_digest(a) == module_digest(b)
+
+    class OtherConv(torch.nn.Conv2d):
+        """Same weights, other forward: other features."""
+
+    c = OtherConv(3, 4, 3)
+    c.load_state_dict(a.state_dict())
+    assert module_digest(c) != module_digest(a)

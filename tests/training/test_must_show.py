@@ -21,14 +21,13 @@ import torch
 from vicap_jobs.data.formats import read_coco_captions
 from vicap_jobs.data.samples import CaptionSample
 from vicap_jobs.data.synth import caption_mentions, generate_synth
-from vicap_jobs.data.text import detokenize
-from vicap_jobs.data.vocab import BOS_ID, EOS_ID
 from vicap_jobs.metrics.baseline import choose_blind_baseline, evaluate_constant
 from vicap_jobs.metrics.scores import score_captions
 from vicap_jobs.models.checkpoint import load_checkpoint
 from vicap_jobs.models.decoding import greedy_decode
 from vicap_jobs.training.features import load_pixels
-from vicap_jobs.training.trainer import TrainOptions, train_model
+from vicap_jobs.training.lstm import train_lstm
+from vicap_jobs.training.options import TrainOptions
 
 pytestmark = pytest.mark.slow
 
@@ -73,19 +72,24 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> SynthSplits:
 def greedy_captions(checkpoint: Path, samples: list[CaptionSample], max_len: int) -> dict[int, str]:
     """Greedy captions of `samples` from a saved checkpoint (as an engine would produce them)."""
     loaded = load_checkpoint(checkpoint)
-    model, vocab = loaded.model, loaded.vocab
-    features = model.extract_features(load_pixels(samples, loaded.manifest["image_size"]))  # (N, C, h, w)
+    model, codec = loaded.model, loaded.codec
+    features = model.extract_features(load_pixels(samples, loaded.preprocessing))  # (N, C, h, w)
     sequences = greedy_decode(
-        model.step, model.start(features), batch_size=len(samples), bos_id=BOS_ID, eos_id=EOS_ID, max_len=max_len
+        model.step,
+        model.start(features),
+        batch_size=len(samples),
+        bos_id=codec.bos_id,
+        eos_id=codec.eos_id,
+        max_len=max_len,
     )
-    return {sample.image_id: detokenize(vocab.decode(ids)) for sample, ids in zip(samples, sequences, strict=True)}
+    return {sample.image_id: codec.decode_caption(ids) for sample, ids in zip(samples, sequences, strict=True)}
 
 
 @pytest.mark.parametrize("family", ["cnn-lstm", "cnn-lstm-attn"])
 def test_family_beats_blind_baseline_and_names_what_it_sees(family: str, synth: SynthSplits, tmp_path: Path) -> None:
     options = dataclasses.replace(TrainOptions(), progress_bar=False)  # the tuned defaults the demo uses
     started = time.perf_counter()
-    result = train_model(
+    result = train_lstm(
         family=family,
         options=options,
         train=synth.train,
@@ -149,7 +153,7 @@ def test_densenet201_random_init_trains_saves_and_loads(tmp_path: Path) -> None:
         progress_bar=False,
     )
     started = time.perf_counter()
-    result = train_model(
+    result = train_lstm(
         family="cnn-lstm-attn",
         options=options,
         train=train,

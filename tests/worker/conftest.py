@@ -48,7 +48,7 @@ def build_tiny_checkpoint(out_dir: Path, *, family: str = "cnn-lstm", image_size
     vocab = Vocabulary.build([TINY_WORDS], tokenization="syllable")
     config = spec.config_cls(backbone="tiny", image_size=image_size, embed_dim=16, hidden_dim=32, dropout=0.0)
     model = spec.build(config, len(vocab), backbone_weights="random").eval()
-    return save_checkpoint(out_dir, model=model, family=family, vocab=vocab, meta={"test": True})
+    return save_checkpoint(out_dir, model=model, family=family, codec=vocab, meta={"test": True})
 
 
 @pytest.fixture(scope="session")

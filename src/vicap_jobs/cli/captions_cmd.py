@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from vicap_jobs.cli.common import err_console, open_store
+from vicap_jobs.services.captions_export import export_captions
 
 
 @click.group()
@@ -42,7 +43,6 @@ def export(job_id: int, fmt: str, out: Path | None) -> None:
         vicap-jobs captions export 12 --format coco-json --out results.json
         vicap-jobs captions export 12 --format jsonl | head
     """
-    from vicap_jobs.services.captions_export import export_captions
 
     _, db = open_store()
     text, n_rows = export_captions(db=db, job_id=job_id, fmt=fmt, out=out)

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine
 
+from vicap_jobs.db.store import open_engine
 from vicap_jobs.settings import Settings, get_settings
 
 # Piped output (files, CI logs, tests) is not squeezed into 80 columns.
@@ -18,7 +19,6 @@ err_console = Console(stderr=True, highlight=False)
 
 def open_store() -> tuple[Settings, Engine]:
     """Validated settings and an engine whose schema is at head (empty SQLite is upgraded)."""
-    from vicap_jobs.db.store import open_engine
 
     settings = get_settings()
     return settings, open_engine(settings)

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
+from vicap_jobs.cli import choices
 from vicap_jobs.cli.common import console, open_store, print_table
+from vicap_jobs.services.datasets import (
+    create_synth_dataset,
+    describe_dataset,
+    import_split,
+    list_datasets,
+    set_nightly_splits,
+)
 
 
 @click.group()
@@ -42,7 +50,7 @@ def dataset() -> None:
     type=click.Path(path_type=Path, file_okay=False),
     help="Folder the file names are relative to (default: the captions file's folder).",
 )
-@click.option("--split", type=click.Choice(["train", "val", "test"]), required=True)
+@click.option("--split", type=choices.SPLIT, required=True)
 @click.option("--require-images", is_flag=True, help="Fail when an image file is missing instead of reporting it.")
 @click.option("--replace", is_flag=True, help="Replace this split if it was imported before.")
 def import_cmd(
@@ -57,7 +65,6 @@ def import_cmd(
             --annotations ../shared/data/uitviic/uitviic_captions_train2017.json --images coco/train2017
         vicap-jobs dataset import kaggle --format captions-txt --split test --annotations test/captions.txt
     """
-    from vicap_jobs.services.datasets import import_split
 
     _, db = open_store()
     report = import_split(
@@ -102,7 +109,6 @@ def synth(name: str, n_images: int, seed: int, size: int, out_dir: Path | None, 
     \b
         vicap-jobs dataset synth viic-synth --images 1000 --seed 0 --size 96
     """
-    from vicap_jobs.services.datasets import create_synth_dataset
 
     settings, db = open_store()
     target = out_dir or settings.datasets_dir / name
@@ -124,7 +130,6 @@ def list_cmd() -> None:
     \b
         vicap-jobs dataset list
     """
-    from vicap_jobs.services.datasets import list_datasets
 
     _, db = open_store()
     rows = list_datasets(db=db)
@@ -155,7 +160,6 @@ def show(name: str) -> None:
     \b
         vicap-jobs dataset show uitviic
     """
-    from vicap_jobs.services.datasets import describe_dataset
 
     _, db = open_store()
     info = describe_dataset(db=db, name=name)
@@ -172,7 +176,7 @@ def show(name: str) -> None:
 
 @dataset.command()
 @click.argument("name")
-@click.option("--split", "splits", multiple=True, type=click.Choice(["train", "val", "test"]), help="Repeatable.")
+@click.option("--split", "splits", multiple=True, type=choices.SPLIT, help="Repeatable.")
 @click.option("--off", is_flag=True, help="Stop re-evaluating this data set.")
 def nightly(name: str, splits: tuple[str, ...], off: bool) -> None:
     """Choose which splits the nightly scheduler re-evaluates every model on.
@@ -183,7 +187,6 @@ def nightly(name: str, splits: tuple[str, ...], off: bool) -> None:
         vicap-jobs dataset nightly uitviic --split test
         vicap-jobs dataset nightly uitviic --off
     """
-    from vicap_jobs.services.datasets import set_nightly_splits
 
     if not off and not splits:
         raise click.UsageError("give --split (repeatable) or --off")

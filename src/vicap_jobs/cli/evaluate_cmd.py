@@ -6,8 +6,10 @@ from pathlib import Path
 
 import click
 
+from vicap_jobs.cli import choices
 from vicap_jobs.cli.common import console, open_store, print_table
 from vicap_jobs.metrics.scores import CaptionScores
+from vicap_jobs.services.evaluation import evaluate_model, evaluate_predictions
 
 
 @click.command()
@@ -18,10 +20,10 @@ from vicap_jobs.metrics.scores import CaptionScores
     help='A COCO results JSON ([{"image_id", "caption"}]) or CSV (image_id or file_name, caption).',
 )
 @click.option("--dataset", required=True)
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--split", type=choices.SPLIT, default="test", show_default=True)
 @click.option(
     "--tokenization",
-    type=click.Choice(["syllable", "word"]),
+    type=choices.TOKENIZATION,
     default="syllable",
     show_default=True,
     help="How captions are split into tokens for BLEU/ROUGE-L (stored with the scores).",
@@ -47,7 +49,6 @@ def evaluate(
         vicap-jobs evaluate --model synth-attn --dataset viic-synth --split test
         vicap-jobs evaluate --predictions results.json --dataset uitviic --split test
     """
-    from vicap_jobs.services.evaluation import evaluate_model, evaluate_predictions
 
     if (model is None) == (predictions is None):
         raise click.UsageError("give exactly one of --model or --predictions")

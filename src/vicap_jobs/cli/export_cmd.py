@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
+from vicap_jobs.cli import choices
 from vicap_jobs.cli.common import console, open_store
+from vicap_jobs.services.exporting import export_model
 
 
 @click.group()
@@ -20,7 +22,7 @@ def export() -> None:
 
 @export.command()
 @click.argument("model")
-@click.option("--quantize", type=click.Choice(["int8"]), help="Static (QDQ) int8, calibrated on training images.")
+@click.option("--quantize", type=choices.QUANTIZATION, help="Static (QDQ) int8, calibrated on training images.")
 def onnx(model: str, quantize: str | None) -> None:
     """Write encoder_model.onnx + decoder_model.onnx, verify them against torch, record them on the model.
 
@@ -33,7 +35,6 @@ def onnx(model: str, quantize: str | None) -> None:
         vicap-jobs export onnx synth-attn
         vicap-jobs export onnx synth-attn --quantize int8
     """
-    from vicap_jobs.services.exporting import export_model
 
     _, db = open_store()
     with console.status(f"exporting {model} to ONNX and verifying"):

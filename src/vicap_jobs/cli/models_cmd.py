@@ -7,6 +7,8 @@ import json
 import click
 
 from vicap_jobs.cli.common import console, open_store, print_table
+from vicap_jobs.models.registry import family_names, get_family
+from vicap_jobs.services.models import list_models, resolve_model
 
 
 @click.group()
@@ -30,7 +32,6 @@ def list_cmd() -> None:
     \b
         vicap-jobs models list
     """
-    from vicap_jobs.services.models import list_models
 
     _, db = open_store()
     rows = list_models(db=db)
@@ -64,7 +65,6 @@ def show(name: str) -> None:
     \b
         vicap-jobs models show demo-attn
     """
-    from vicap_jobs.services.models import resolve_model
 
     _, db = open_store()
     m = resolve_model(db=db, name=name)
@@ -94,7 +94,6 @@ def families() -> None:
     \b
         vicap-jobs models families
     """
-    from vicap_jobs.models.registry import family_names, get_family
 
     print_table(
         "model families",

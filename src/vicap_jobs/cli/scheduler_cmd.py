@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from vicap_jobs.settings import get_settings
+
 
 @click.command()
 @click.option("--loglevel", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
@@ -26,9 +28,8 @@ def scheduler(loglevel: str) -> None:
         VICAP_NIGHTLY_CRON="30 3 * * *" vicap-jobs scheduler
         celery -A vicap_jobs.worker.app flower --port=5555
     """
-    from vicap_jobs.scheduler.beat import configure_beat
-    from vicap_jobs.settings import get_settings
-    from vicap_jobs.worker.app import app
+    from vicap_jobs.scheduler.beat import configure_beat  # Celery: only when the scheduler runs
+    from vicap_jobs.worker.app import app  # the Celery app, made from the settings at import
 
     settings = get_settings()
     configure_beat(app, settings)

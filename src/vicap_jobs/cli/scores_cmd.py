@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from vicap_jobs.cli.common import console, open_store, print_table
+from vicap_jobs.services.scores import baselines, latest_scores
 
 
 @click.command()
@@ -21,7 +22,6 @@ def scores(dataset: str | None) -> None:
         vicap-jobs scores
         vicap-jobs scores --dataset uitviic
     """
-    from vicap_jobs.services.scores import baselines, latest_scores
 
     _, db = open_store()
     rows = latest_scores(db=db, dataset=dataset)

@@ -9,13 +9,16 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import Engine
 
+from vicap_jobs.cli import choices
 from vicap_jobs.cli.common import console, err_console, open_store
 from vicap_jobs.cli.train_options import options_from_cli, train_arguments
 from vicap_jobs.cli.waiting import LocalWorker, wait_for_job
 from vicap_jobs.jobs.queries import JobSummary
+from vicap_jobs.services.captioning import create_caption_job
+from vicap_jobs.services.evaluation import create_evaluate_job
+from vicap_jobs.services.exporting import create_export_job
+from vicap_jobs.services.training import create_train_job
 from vicap_jobs.services.workers import live_workers, start_worker_hint
-
-ENGINE_CHOICES = ("onnx", "torch", "torch-bf16", "int8")
 
 
 def _wait_option(command: Any) -> Any:
@@ -55,7 +58,7 @@ def submit() -> None:
 @click.option("--model", default=None, help="Registered model name (default: the newest).")
 @click.option(
     "--engine",
-    type=click.Choice(ENGINE_CHOICES),
+    type=choices.ENGINE,
     default=None,
     help="Inference engine (default: the family's, onnx once exported).",
 )
@@ -88,7 +91,6 @@ def caption(
         vicap-jobs submit caption --dir photos/ --wait
         vicap-jobs submit caption --dir /data/album --recursive --model synth-attn --engine onnx --gpu 1
     """
-    from vicap_jobs.services.captioning import create_caption_job
 
     settings, db = open_store()
     plan = create_caption_job(
@@ -126,7 +128,6 @@ def train(gpu: int | None, wait: bool, **values: Any) -> None:
         vicap-jobs submit train synth-attn --family cnn-lstm-attn --backbone tiny --dataset viic-synth --epochs 12 --wait
         vicap-jobs submit train uit-dn201 --family cnn-lstm-attn --backbone densenet201 --dataset uitviic --gpu 0
     """
-    from vicap_jobs.services.training import create_train_job
 
     name, family, dataset, options = options_from_cli(values)
     if gpu is not None:
@@ -142,7 +143,7 @@ def train(gpu: int | None, wait: bool, **values: Any) -> None:
 @click.argument("model")
 @click.option(
     "--quantize",
-    type=click.Choice(["int8"]),
+    type=choices.QUANTIZATION,
     default=None,
     help="Static int8 (QDQ) quantization, calibrated on training images.",
 )
@@ -156,7 +157,6 @@ def export(model: str, quantize: str | None, wait: bool) -> None:
         vicap-jobs submit export synth-attn --wait
         vicap-jobs submit export synth-attn --quantize int8
     """
-    from vicap_jobs.services.exporting import create_export_job
 
     _, db = open_store()
     job_id = create_export_job(db=db, model=model, quantize=quantize)
@@ -168,11 +168,9 @@ def export(model: str, quantize: str | None, wait: bool) -> None:
 @submit.command()
 @click.option("--model", required=True, help="Registered model name.")
 @click.option("--dataset", required=True, help="Data set name.")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
-@click.option("--tokenization", type=click.Choice(["syllable", "word"]), default="syllable", show_default=True)
-@click.option(
-    "--engine", type=click.Choice(ENGINE_CHOICES), default=None, help="Inference engine (default: the family's)."
-)
+@click.option("--split", type=choices.SPLIT, default="test", show_default=True)
+@click.option("--tokenization", type=choices.TOKENIZATION, default="syllable", show_default=True)
+@click.option("--engine", type=choices.ENGINE, default=None, help="Inference engine (default: the family's).")
 @_gpu_option
 @_wait_option
 def evaluate(
@@ -186,7 +184,6 @@ def evaluate(
         vicap-jobs submit evaluate --model synth-attn --dataset viic-synth --split test --wait
         vicap-jobs scores
     """
-    from vicap_jobs.services.evaluation import create_evaluate_job
 
     _, db = open_store()
     job_id = create_evaluate_job(

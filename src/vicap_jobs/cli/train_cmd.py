@@ -8,6 +8,7 @@ import click
 
 from vicap_jobs.cli.common import console, open_store
 from vicap_jobs.cli.train_options import options_from_cli, train_arguments
+from vicap_jobs.services.training import create_train_job, train_in_process
 
 
 @click.command()
@@ -24,7 +25,6 @@ def train(**values: Any) -> None:
         vicap-jobs train uit-dn201 --family cnn-lstm-attn --backbone densenet201 --dataset uitviic \\
             --backbone-weights densenet201.pth --lr 5e-4
     """
-    from vicap_jobs.services.training import create_train_job, train_in_process
 
     name, family, dataset, options = options_from_cli(values)
     _, db = open_store()

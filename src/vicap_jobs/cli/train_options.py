@@ -8,19 +8,15 @@ from typing import Any
 
 import click
 
-from vicap_jobs.models.registry import family_names
-
-BACKBONES = ("tiny", "densenet201", "vgg16", "efficientnet_v2_s")
+from vicap_jobs.cli import choices
 
 
 def train_arguments(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add NAME and every training option to a click command."""
     decorators = [
         click.argument("name"),
-        click.option(
-            "--family", type=click.Choice(family_names()), required=True, help="Model family from the registry."
-        ),
-        click.option("--backbone", type=click.Choice(BACKBONES), default="tiny", show_default=True),
+        click.option("--family", type=choices.FAMILY, required=True, help="Model family from the registry."),
+        click.option("--backbone", type=choices.BACKBONE, default="tiny", show_default=True),
         click.option("--dataset", required=True, help="Data set name (train split trains, val split early-stops)."),
         click.option(
             "--image-size",
@@ -36,10 +32,8 @@ def train_arguments(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--batch-size", type=click.IntRange(1), help="Captions per optimizer step (default 32)."),
         click.option("--label-smoothing", type=click.FloatRange(0, 0.5), help="Cross-entropy label smoothing."),
         click.option("--patience", type=click.IntRange(1), help="Epochs without improvement before stopping."),
-        click.option("--early-stop-on", type=click.Choice(["val_loss", "val_bleu4"]), help="Early-stopping metric."),
-        click.option(
-            "--tokenization", type=click.Choice(["syllable", "word"]), help="syllable (default) or pyvi words."
-        ),
+        click.option("--early-stop-on", type=choices.EARLY_STOP_ON, help="Early-stopping metric."),
+        click.option("--tokenization", type=choices.TOKENIZATION, help="syllable (default) or pyvi words."),
         click.option("--min-freq", type=click.IntRange(1), help="Vocabulary minimum count on the train split."),
         click.option("--seed", type=int, help="Random seed (training is deterministic on CPU)."),
         click.option(

@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from vicap_jobs.errors import InputError
+from vicap_jobs.jobs.queues import SHARED_QUEUE, device_label, gpu_queue
+from vicap_jobs.settings import get_settings
+from vicap_jobs.worker.gpu import node_name, pin_gpu
 
 
 @click.command()
@@ -41,8 +44,6 @@ def worker(gpu: int | None, cpu: bool, concurrency: int, queues: str | None, nam
         vicap-jobs worker --gpu 1 &
         VICAP_BROKER_URL=redis://127.0.0.1:6379/0 vicap-jobs worker --cpu --concurrency 2
     """
-    from vicap_jobs.jobs.queues import SHARED_QUEUE, device_label, gpu_queue
-    from vicap_jobs.worker.gpu import node_name, pin_gpu
 
     if gpu is not None and cpu:
         raise InputError("choose either --gpu N or --cpu")
@@ -52,7 +53,6 @@ def worker(gpu: int | None, cpu: bool, concurrency: int, queues: str | None, nam
         raise InputError("a GPU worker runs one process (--concurrency 1); start one worker per GPU instead")
     pin_gpu(gpu)  # before anything imports torch
 
-    from vicap_jobs.settings import get_settings
     from vicap_jobs.worker.app import app  # after pin_gpu: nothing may import torch before it
 
     get_settings()  # fail on bad settings now, as a one-line error

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vicap_jobs.errors import DatasetFormatError
+from vicap_jobs.errors import DatasetFormatError, UnknownNameError
 
 FORMATS = ("coco", "captions-txt")
 
@@ -105,7 +105,6 @@ def read_split(path: Path, fmt: str) -> ParsedSplit:
         return read_coco_captions(path)
     if fmt == "captions-txt":
         return read_captions_txt(path)
-    from vicap_jobs.errors import UnknownNameError
 
     raise UnknownNameError("data set format", fmt, FORMATS)
 

@@ -1,7 +1,8 @@
 """Image decoding and preprocessing shared by training and every inference engine.
 
-Training, the torch/onnx/int8 engines and the bulk pipeline all call `load_rgb` and
-`preprocess` from here, so a model sees exactly the pixels it was trained on.
+Training, every inference engine and the bulk pipeline all call `load_rgb` and a
+:class:`Preprocessing` policy from here, so a model sees exactly the pixels it was
+trained on; the policy is data, stored in the checkpoint manifest.
 Every decoding failure becomes an `ImageError` with a short reason (never a raw
 Pillow traceback), so the pipeline can record it per item and move on.
 
@@ -15,12 +16,14 @@ import logging
 import stat
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from vicap_jobs.errors import ImageError
+from vicap_jobs.errors import ImageError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,8 @@ bigger is either a decompression bomb or a scan no captioner needs at full size.
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's image statistics
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 _HASH_BLOCK = 1 << 20
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
@@ -91,26 +96,116 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+ResizePolicy = Literal["squash", "shorter-side-crop"]
+RESIZE_POLICIES: tuple[ResizePolicy, ...] = ("squash", "shorter-side-crop")
+Resample = Literal["bicubic", "bilinear"]
+RESAMPLES: dict[str, Image.Resampling] = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How RGB images become a model's input batch; stored in every checkpoint manifest.
+
+    resize "squash": each image resized to size×size, aspect ratio not kept, no crop
+    (the CNN+LSTM families, like the BLIP processor). "shorter-side-crop": the shorter
+    side resized to ``size`` (aspect ratio kept), then the centre size×size crop (CLIP).
+    Pixels are scaled to [0, 1], then normalized with ``mean`` and ``std`` per channel.
+    Bicubic is the interpolation the ImageNet/CLIP backbones were pretrained with, and
+    Pillow's bicubic antialiases when shrinking.
+    """
+
+    size: int
+    resize: ResizePolicy = "squash"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    resample: Resample = "bicubic"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size <= 0:
+            raise InputError(f"preprocessing size must be a positive integer, got {self.size!r}")
+        if self.resize not in RESIZE_POLICIES:
+            raise InputError(f"unknown resize policy {self.resize!r}; choose one of: {', '.join(RESIZE_POLICIES)}")
+        if self.resample not in RESAMPLES:
+            raise InputError(f"unknown resampling {self.resample!r}; choose one of: {', '.join(sorted(RESAMPLES))}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise InputError(f"mean and std need 3 channels each, std positive; got {self.mean} and {self.std}")
+
+    def apply(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """RGB images → normalized float32 batch (B, 3, size, size)."""
+        size = self.size
+        resample = RESAMPLES[self.resample]
+        batch = np.empty((len(images), size, size, 3), dtype=np.uint8)  # (B, H, W, C)
+        for i, image in enumerate(images):
+            if image.mode != "RGB":
+                raise ValueError(f"preprocess expects RGB images (use load_rgb), got mode {image.mode!r}")
+            if self.resize == "squash":
+                resized = image.resize((size, size), resample)
+            else:
+                resized = _shorter_side_crop(image, size, resample)
+            batch[i] = np.asarray(resized, dtype=np.uint8)
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        normalized = (batch.astype(np.float32) / 255.0 - mean) / std  # (B, H, W, C)
+        return np.ascontiguousarray(normalized.transpose(0, 3, 1, 2))  # (B, C, H, W)
+
+    def to_json(self) -> dict[str, Any]:
+        """The policy as JSON-ready values (the manifest's ``preprocessing`` entry)."""
+        return {
+            "size": self.size,
+            "resize": self.resize,
+            "resample": self.resample,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> Preprocessing:
+        """Read :meth:`to_json` output; anything malformed is an InputError."""
+        if not isinstance(data, dict):
+            raise InputError(f"preprocessing must be a JSON object, got {data!r}")
+        unknown = sorted(set(data) - {"size", "resize", "resample", "mean", "std"})
+        if unknown:
+            raise InputError(f"unknown preprocessing fields {unknown}")
+        try:
+            return cls(
+                size=data["size"],
+                resize=data.get("resize", "squash"),
+                mean=_three_floats(data.get("mean", IMAGENET_MEAN)),
+                std=_three_floats(data.get("std", IMAGENET_STD)),
+                resample=data.get("resample", "bicubic"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"malformed preprocessing {data!r}: {exc}") from None
+
+
+def _three_floats(values: object) -> tuple[float, float, float]:
+    if not isinstance(values, list | tuple) or len(values) != 3:
+        raise ValueError(f"expected 3 numbers, got {values!r}")
+    first, second, third = (float(value) for value in values)
+    return first, second, third
+
+
+def _shorter_side_crop(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+    """Resize the shorter side to ``size`` (aspect kept), then crop the centre size×size square."""
+    width, height = image.size
+    if width <= height:
+        new_width, new_height = size, max(size, int(size * height / width))
+    else:
+        new_width, new_height = max(size, int(size * width / height)), size
+    resized = image.resize((new_width, new_height), resample)
+    left, top = (new_width - size) // 2, (new_height - size) // 2
+    return resized.crop((left, top, left + size, top + size))
+
+
 def preprocess(images: Sequence[Image.Image], size: int) -> np.ndarray:
     """Turn RGB images into a normalized float32 batch of shape (B, 3, size, size).
 
-    Each image is resized to size×size (aspect ratio not kept, no crop, like the BLIP
-    and CLIP processors) with bicubic resampling: the interpolation the ImageNet/CLIP
-    backbones were pretrained with, and Pillow's bicubic antialiases when shrinking.
-    Pixels are scaled to [0, 1], then normalized with the ImageNet mean and std.
+    The default policy (:class:`Preprocessing` with only ``size``): squash to
+    size×size with bicubic resampling, ImageNet mean and std.
     """
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
-    batch = np.empty((len(images), size, size, 3), dtype=np.uint8)  # (B, H, W, C)
-    for i, image in enumerate(images):
-        if image.mode != "RGB":
-            raise ValueError(f"preprocess expects RGB images (use load_rgb), got mode {image.mode!r}")
-        resized = image.resize((size, size), Image.Resampling.BICUBIC)
-        batch[i] = np.asarray(resized, dtype=np.uint8)
-    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
-    std = np.asarray(IMAGENET_STD, dtype=np.float32)
-    normalized = (batch.astype(np.float32) / 255.0 - mean) / std  # (B, H, W, C)
-    return np.ascontiguousarray(normalized.transpose(0, 3, 1, 2))  # (B, C, H, W)
+    return Preprocessing(size).apply(images)
 
 
 def _check_regular_file(path: Path) -> None:

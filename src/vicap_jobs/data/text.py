@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import unicodedata
 from collections.abc import Callable, Sequence
-from typing import Literal, cast
+from typing import Literal
 
 from vicap_jobs.errors import UnknownNameError
 
@@ -28,7 +28,7 @@ def check_tokenization(name: str) -> Tokenization:
     """Return `name` as a `Tokenization`, or raise UnknownNameError listing the valid ones."""
     if name not in TOKENIZATIONS:
         raise UnknownNameError("tokenization", name, TOKENIZATIONS)
-    return cast(Tokenization, name)
+    return name  # narrowed to a Tokenization by the membership test
 
 
 def _keep_or_space(char: str) -> str:

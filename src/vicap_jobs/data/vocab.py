@@ -1,4 +1,8 @@
-"""Token vocabulary for the CNN+LSTM family: token <-> id maps, encoding and a JSON file format.
+"""Token vocabulary for the CNN+LSTM families: token <-> id maps, encoding and a JSON file format.
+
+It is one implementation of the text codec protocol (``vicap_jobs.models.codec.TextCodec``:
+``encode_caption`` / ``decode_caption``, the special ids, ``banned_ids``, ``save_codec``);
+it satisfies that protocol structurally, so this module imports nothing from ``models``.
 
 Build it from the TRAIN split only: the seed project fitted its vocabulary on
 train+val+test, which leaks evaluation words into training and hides the real
@@ -11,22 +15,30 @@ wrong one.
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from vicap_jobs.data.text import TOKENIZATIONS, Tokenization, check_tokenization
+from vicap_jobs.data.text import TOKENIZATIONS, Tokenization, check_tokenization, detokenize, tokenize
 from vicap_jobs.errors import InputError
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK)
 FORMAT_VERSION = 1
+VOCAB_FILE = "vocab.json"
 
 
 class Vocabulary:
     """Maps tokens to ids and back; build from the TRAIN split only (never val or test)."""
+
+    kind: ClassVar[str] = "vocab"  # the codec kind stored in manifests
+    bos_id: ClassVar[int] = BOS_ID
+    eos_id: ClassVar[int] = EOS_ID
+    pad_id: ClassVar[int] = PAD_ID
+    banned_ids: ClassVar[tuple[int, ...]] = (PAD_ID, BOS_ID)  # no caption contains them: search never emits them
 
     def __init__(self, tokens: Sequence[str], *, tokenization: str, min_freq: int = 1) -> None:
         """Wrap an id-ordered token list that starts with the four special tokens."""
@@ -87,6 +99,19 @@ class Vocabulary:
                 raise InputError(f"token id {index} is outside the vocabulary (size {len(self._tokens)})")
             tokens.append(self._tokens[index])
         return tokens
+
+    def encode_caption(self, caption: str, *, max_len: int | None = None) -> list[int]:
+        """Caption text → BOS + ids + EOS, tokenized with this vocabulary's tokenization (see `encode`)."""
+        return self.encode(tokenize(caption, self.tokenization), max_len=max_len)
+
+    def decode_caption(self, ids: Iterable[int]) -> str:
+        """Ids → caption text: stops at EOS, ``_`` inside words undone, NFC."""
+        return unicodedata.normalize("NFC", detokenize(self.decode(ids)))
+
+    def save_codec(self, folder: Path) -> str:
+        """Write ``vocab.json`` into ``folder``; returns that file name (the manifest's codec file)."""
+        self.save(Path(folder) / VOCAB_FILE)
+        return VOCAB_FILE
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form written by `save`."""

@@ -1,79 +1,41 @@
-"""Inference engines behind one interface (:class:`CaptionEngine`) and the name → engine registry.
+"""Inference engines behind one interface (:class:`~vicap_jobs.engines.base.CaptionEngine`) and the one loader.
 
-``ENGINES`` maps each engine name to "module:Class" so that importing this
-package (e.g. for CLI choices) loads neither torch nor onnxruntime; each
-engine class has ``load(checkpoint_dir, *, onnx_dir, device, decode, threads)``.
-The name "int8" is reserved for the vision-language families (BLIP), which
-will bring their own 8-bit engine; CNN+LSTM models get int8 through
-``vicap-jobs export onnx --quantize int8`` and the ``onnx`` engine.
+Engine names belong to model families: each family's registry line
+(``vicap_jobs.models.registry``) maps its engine names to "module:Class", the
+first being its default. :func:`load_engine` reads the family from the
+checkpoint manifest (no torch needed for that), asks the family for the engine
+class and lets the class open the artifacts. Importing this package loads
+neither torch nor onnxruntime.
 """
 
 from __future__ import annotations
 
-import importlib
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vicap_jobs.errors import UnknownNameError
+from vicap_jobs.engines.base import DecodeOptions
+from vicap_jobs.models.manifest import ModelArtifacts, read_manifest
+from vicap_jobs.models.registry import UnknownEngineError, get_family
 
 if TYPE_CHECKING:
-    from vicap_jobs.engines.base import CaptionEngine, DecodeOptions
+    from vicap_jobs.engines.base import CaptionEngine
 
-ENGINES: dict[str, str] = {
-    "torch": "vicap_jobs.engines.torch_engine:TorchEngine",
-    "torch-bf16": "vicap_jobs.engines.torch_engine:TorchBF16Engine",
-    "onnx": "vicap_jobs.engines.onnx_engine:OnnxEngine",
-}
-RESERVED_ENGINES: dict[str, str] = {
-    "int8": "reserved for the vision-language families (BLIP), not available yet; "
-    "for CNN+LSTM models export with --quantize int8 and use engine 'onnx'",
-}
-
-__all__ = ["ENGINES", "RESERVED_ENGINES", "UnknownEngineError", "engine_class", "engine_names", "load_engine"]
-
-
-class UnknownEngineError(UnknownNameError):
-    """An engine name outside ``ENGINES``; the message lists the valid ones and the reserved ones."""
-
-    def __init__(self, name: str, valid: list[str] | tuple[str, ...], *, kind: str = "engine") -> None:
-        super().__init__(kind, name, valid)
-        reserved = "; ".join(f"{key!r} is {why}" for key, why in RESERVED_ENGINES.items())
-        self.args = (f"{self.args[0]} ({reserved})",)
-
-
-def engine_names() -> list[str]:
-    """Names accepted by :func:`load_engine`."""
-    return sorted(ENGINES)
-
-
-def engine_class(name: str) -> type[CaptionEngine]:
-    """The engine class registered as ``name``; an unknown name lists the valid ones."""
-    if name not in ENGINES:
-        raise UnknownEngineError(name, engine_names())
-    module, _, attr = ENGINES[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+__all__ = ["DecodeOptions", "ModelArtifacts", "UnknownEngineError", "load_engine"]
 
 
 def load_engine(
     name: str,
-    checkpoint_dir: Path,
+    artifacts: ModelArtifacts,
     *,
-    onnx_dir: Path | None = None,
     device: str = "cpu",
-    decode: DecodeOptions | None = None,
     threads: int | None = None,
+    decode: DecodeOptions | None = None,
 ) -> CaptionEngine:
-    """Open checkpoint ``checkpoint_dir`` with engine ``name`` ("torch", "torch-bf16", "onnx").
+    """Open the model at ``artifacts`` with engine ``name`` of its family (e.g. "onnx", "torch", "torch-bf16").
 
-    onnx_dir: the export folder for "onnx" (default ``<checkpoint>/onnx``);
-    threads: intra-op threads (torch's setting is process-wide).
-    The engine must be one the checkpoint's family lists in its FamilySpec.
+    device: "cpu", "cuda" or "cuda:N"; threads: intra-op threads (torch's setting is
+    process-wide); decode: search options (default beam 3, 20 tokens). A name the
+    checkpoint's family does not list raises UnknownEngineError listing the ones it does.
     """
-    from vicap_jobs.models.checkpoint import read_manifest
-    from vicap_jobs.models.registry import get_family
-
-    cls = engine_class(name)
-    family = get_family(read_manifest(Path(checkpoint_dir))["family"])
-    if name not in family.engines:
-        raise UnknownEngineError(name, family.engines, kind=f"engine for model family {family.name!r}")
-    return cls.load(Path(checkpoint_dir), onnx_dir=onnx_dir, device=device, decode=decode, threads=threads)
+    family = get_family(read_manifest(artifacts.checkpoint_dir)["family"])
+    engine_class: type[CaptionEngine] = family.engine_class(name)
+    return engine_class.load(artifacts, device=device, decode=decode, threads=threads)

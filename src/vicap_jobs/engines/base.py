@@ -1,30 +1,35 @@
 """One inference interface for every backend: preprocess → _forward → postprocess.
 
 Only ``_forward`` (encoder + step-wise decoding, the hot middle) differs between
-backends. ``preprocess`` is always :func:`vicap_jobs.data.images.preprocess` at
-the checkpoint's image size, so an engine sees exactly the pixels training saw,
-and ``postprocess`` is always ``vocab.decode`` + ``text.detokenize``.
-Greedy and beam search come from :mod:`vicap_jobs.models.decoding` whatever the
-backend: an engine only supplies a ``step_fn`` and the initial state.
+backends. An engine is built from the model's text codec, its preprocessing
+policy, a device and the decode options; ``preprocess`` applies the policy stored
+with the checkpoint (so an engine sees exactly the pixels training saw) and
+``postprocess`` is the codec's ``decode_caption``. Greedy and beam search come
+from :mod:`vicap_jobs.models.decoding` whatever the backend: an engine only
+supplies a ``step_fn`` and the initial state, and the codec says where to start,
+where to stop and which ids never to emit.
+
+This module imports no torch: the job system builds DecodeOptions and
+``vicap_jobs.engines.load_engine`` reads the family without it.
 """
 
 from __future__ import annotations
 
-import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 from PIL import Image
 
-from vicap_jobs.data.images import preprocess as preprocess_images
-from vicap_jobs.data.text import detokenize
-from vicap_jobs.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocabulary
+from vicap_jobs.data.images import Preprocessing
 from vicap_jobs.errors import InputError
-from vicap_jobs.models.decoding import DecoderState, StepFn, ban_tokens, beam_search, greedy_decode
+from vicap_jobs.models.codec import TextCodec
+from vicap_jobs.models.manifest import ModelArtifacts
+
+if TYPE_CHECKING:
+    from vicap_jobs.models.decoding import DecoderState, StepFn
 
 
 @dataclass(frozen=True)
@@ -47,17 +52,21 @@ class DecodeOptions:
 
 
 class CaptionEngine(ABC):
-    """Captions batches of RGB images; subclasses implement ``_forward`` only.
+    """Captions batches of RGB images; subclasses implement ``load`` and ``_forward``.
 
-    Attributes: ``name`` (the registry name), ``device`` ("cpu", "cuda", "cuda:N"),
-    ``decode`` (DecodeOptions), ``vocab`` and ``image_size`` (from the checkpoint).
+    Attributes: ``name`` (the engine's name in its family's registry line), ``precision``
+    (of its image encoder: "fp32", "bf16", "int8"; what the family contract tests hold it to),
+    ``codec``, ``preprocessing``, ``device`` ("cpu", "cuda", "cuda:N") and ``decode`` (DecodeOptions).
     """
 
     name: ClassVar[str]
+    precision: ClassVar[str] = "fp32"
 
-    def __init__(self, *, vocab: Vocabulary, image_size: int, device: str, decode: DecodeOptions | None) -> None:
-        self.vocab = vocab
-        self.image_size = image_size
+    def __init__(
+        self, *, codec: TextCodec, preprocessing: Preprocessing, device: str, decode: DecodeOptions | None
+    ) -> None:
+        self.codec = codec
+        self.preprocessing = preprocessing
         self.device = device
         self.decode = decode or DecodeOptions()
 
@@ -65,26 +74,25 @@ class CaptionEngine(ABC):
     @abstractmethod
     def load(
         cls,
-        checkpoint_dir: Path,
+        artifacts: ModelArtifacts,
         *,
-        onnx_dir: Path | None = None,
         device: str = "cpu",
         decode: DecodeOptions | None = None,
         threads: int | None = None,
     ) -> CaptionEngine:
-        """Open checkpoint ``checkpoint_dir`` (and, for ONNX engines, its export folder ``onnx_dir``)."""
+        """Open the model at ``artifacts`` (its checkpoint, or the export this engine runs)."""
 
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """RGB images → float32 (B, 3, S, S), ImageNet-normalized, S = the checkpoint's image size."""
-        return preprocess_images(images, self.image_size)
+        """RGB images → float32 (B, 3, S, S) by the model's preprocessing policy."""
+        return self.preprocessing.apply(images)
 
     @abstractmethod
     def _forward(self, pixels: np.ndarray) -> list[list[int]]:
         """Pixels (B, 3, S, S) → generated token ids per image (without BOS/EOS)."""
 
     def postprocess(self, token_ids: Sequence[Sequence[int]]) -> list[str]:
-        """Token ids → caption text (NFC, tokens joined with spaces, ``_`` inside words undone)."""
-        return [unicodedata.normalize("NFC", detokenize(self.vocab.decode(ids))) for ids in token_ids]
+        """Token ids → caption text (the codec's: stops at EOS, detokenized, NFC)."""
+        return [self.codec.decode_caption(ids) for ids in token_ids]
 
     def caption(self, images: Sequence[Image.Image]) -> list[str]:
         """One caption per image, in order; an empty batch gives an empty list."""
@@ -93,12 +101,15 @@ class CaptionEngine(ABC):
         return self.postprocess(self._forward(self.preprocess(images)))
 
     def _search(self, step_fn: StepFn, state: DecoderState, batch_size: int) -> list[list[int]]:
-        """Greedy (beam_size 1) or beam search over ``step_fn`` with this engine's options."""
-        options = self.decode
-        step_fn = ban_tokens(step_fn, (PAD_ID, BOS_ID))
+        """Greedy (beam_size 1) or beam search over ``step_fn`` with this engine's options and codec."""
+        # torch: imported by the engines that search, never by readers of DecodeOptions.
+        from vicap_jobs.models.decoding import ban_tokens, beam_search, greedy_decode
+
+        options, codec = self.decode, self.codec
+        step_fn = ban_tokens(step_fn, tuple(codec.banned_ids))
         if options.beam_size == 1:
             return greedy_decode(
-                step_fn, state, batch_size=batch_size, bos_id=BOS_ID, eos_id=EOS_ID, max_len=options.max_len
+                step_fn, state, batch_size=batch_size, bos_id=codec.bos_id, eos_id=codec.eos_id, max_len=options.max_len
             )
         return beam_search(
             step_fn,
@@ -107,8 +118,8 @@ class CaptionEngine(ABC):
             beam_size=options.beam_size,
             max_len=options.max_len,
             length_penalty=options.length_penalty,
-            bos_id=BOS_ID,
-            eos_id=EOS_ID,
+            bos_id=codec.bos_id,
+            eos_id=codec.eos_id,
         )
 
     def __repr__(self) -> str:

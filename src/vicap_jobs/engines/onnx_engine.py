@@ -3,50 +3,50 @@
 The decoder session is wrapped as a ``step_fn`` over torch tensors so the
 shared greedy/beam search of :mod:`vicap_jobs.models.decoding` drives it
 exactly as it drives the torch model (numpy ↔ torch conversions are zero-copy
-on CPU). Providers: CUDA when onnxruntime-gpu sees a GPU and the device asks
-for one, else CPU; intra-op threads come from the caller (one worker process
-per core group).
+on CPU). The folder format (names, ``onnx_config.json``) is
+:mod:`vicap_jobs.engines.onnx_format`; the text codec and preprocessing come from
+the export folder itself. Providers: CUDA when onnxruntime-gpu sees a GPU and the
+device asks for one, else CPU; intra-op threads come from the caller (one worker
+process per core group).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
-from vicap_jobs.data.vocab import Vocabulary
+from vicap_jobs.devices import parse_device
 from vicap_jobs.engines.base import CaptionEngine, DecodeOptions
+from vicap_jobs.engines.onnx_format import EXPORT_FORMAT, INPUT_IDS, LOGITS, PIXELS, OnnxExport
 from vicap_jobs.errors import InputError, VicapError
-from vicap_jobs.export.onnx import INPUT_IDS, PIXELS, OnnxExport, default_onnx_dir, weights_sha256
+from vicap_jobs.models.codec import load_codec
 from vicap_jobs.models.decoding import DecoderState
+from vicap_jobs.models.manifest import ModelArtifacts, weights_sha256
 
 
 def select_providers(device: str) -> list[str | tuple[str, dict[str, str]]]:
     """onnxruntime providers for ``device`` ("cpu", "cuda", "cuda:N"); CUDA needs onnxruntime-gpu."""
-    import onnxruntime as ort
-
-    if device == "cpu":
+    parsed = parse_device(device)
+    if not parsed.is_cuda:
         return ["CPUExecutionProvider"]
-    kind, _, index = device.partition(":")
-    if kind != "cuda" or (index and not index.isdigit()):
-        raise InputError(f"unsupported device {device!r}: use cpu, cuda or cuda:N")
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise VicapError(
             f"device {device!r} asked for the GPU but this onnxruntime has no CUDAExecutionProvider; "
             "install onnxruntime-gpu (pip install 'vicap-jobs[gpu]') or use --device cpu"
         )
-    return [("CUDAExecutionProvider", {"device_id": index or "0"}), "CPUExecutionProvider"]
+    return [("CUDAExecutionProvider", {"device_id": str(parsed.index or 0)}), "CPUExecutionProvider"]
 
 
-def make_session(path: Path, *, device: str, threads: int | None):  # noqa: ANN201 - ort.InferenceSession
+def make_session(path: Path, *, device: str, threads: int | None) -> ort.InferenceSession:
     """An onnxruntime InferenceSession with full graph optimizations and ``threads`` intra-op threads.
 
     threads None: onnxruntime's default (all cores). Pool threads keep onnxruntime's default
     spinning: turning it off changed nothing measurable (16.5 vs 16.9 images/s).
     """
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.inter_op_num_threads = 1
@@ -68,14 +68,14 @@ def make_session(path: Path, *, device: str, threads: int | None):  # noqa: ANN2
 class OnnxDecoderStep:
     """The decoder session as ``step_fn(tokens (B,), state) -> (logits (B, V), state)`` on torch tensors."""
 
-    def __init__(self, session, export: OnnxExport) -> None:  # noqa: ANN001 - onnxruntime.InferenceSession
+    def __init__(self, session: ort.InferenceSession, export: OnnxExport) -> None:
         self.session = session
         self.state_names = export.state_names
-        self.output_names = ["logits", *export.next_state_names]
+        self.output_names = [LOGITS, *export.next_state_names]
         self.changing = [i for i in range(len(export.state_names)) if i not in export.passthrough_states]
 
     def __call__(self, tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
-        feed = {INPUT_IDS: tokens.cpu().numpy().astype(np.int64, copy=False)}
+        feed: dict[str, Any] = {INPUT_IDS: tokens.cpu().numpy().astype(np.int64, copy=False)}
         feed.update({name: part.cpu().contiguous().numpy() for name, part in zip(self.state_names, state, strict=True)})
         logits, *updated = self.session.run(self.output_names, feed)
         new_state = list(state)
@@ -97,8 +97,8 @@ class OnnxEngine(CaptionEngine):
         decode: DecodeOptions | None = None,
         threads: int | None = None,
     ) -> None:
-        vocab = Vocabulary.load(export.vocab_path)
-        super().__init__(vocab=vocab, image_size=export.image_size, device=device, decode=decode)
+        codec = load_codec(export.codec_kind, export.codec_path)
+        super().__init__(codec=codec, preprocessing=export.preprocessing, device=device, decode=decode)
         if threads is not None and threads >= 1:
             # The search loop runs torch ops (log_softmax, topk, index_select) between session runs;
             # left at torch's default (all cores) they fight onnxruntime's pool (measured: half the throughput
@@ -112,16 +112,15 @@ class OnnxEngine(CaptionEngine):
     @classmethod
     def load(
         cls,
-        checkpoint_dir: Path,
+        artifacts: ModelArtifacts,
         *,
-        onnx_dir: Path | None = None,
         device: str = "cpu",
         decode: DecodeOptions | None = None,
         threads: int | None = None,
     ) -> OnnxEngine:
-        """Open the export of ``checkpoint_dir`` (default ``<checkpoint>/onnx``); refuse a stale one."""
-        checkpoint_dir = Path(checkpoint_dir)
-        onnx_dir = Path(onnx_dir) if onnx_dir is not None else default_onnx_dir(checkpoint_dir)
+        """Open the ONNX export of ``artifacts`` (default ``<checkpoint>/onnx``); refuse a stale one."""
+        checkpoint_dir = Path(artifacts.checkpoint_dir)
+        onnx_dir = artifacts.export_dir(EXPORT_FORMAT)
         if not onnx_dir.is_dir():
             raise VicapError(
                 f"no ONNX export at {onnx_dir}; run `vicap-jobs export onnx MODEL` first "

@@ -18,8 +18,8 @@ onnxruntime was 1.6× faster end to end on the AMD EPYC dev box (1 thread) but
 0.98× on a 16-core Xeon with AMX (encoder alone 0.7×, 2 threads).
 
 Output: ``<export>/int8/``, a complete export folder (``encoder_model.onnx``
-int8, decoder, vocab, ``onnx_config.json`` with a ``quantization`` entry) that
-the ``onnx`` engine opens like any other (``--onnx-dir <export>/int8``).
+int8, decoder, the text codec, ``onnx_config.json`` with a ``quantization`` entry)
+that the ``onnx`` engine opens like any other (``exports["onnx"] = <export>/int8``).
 """
 
 from __future__ import annotations
@@ -36,12 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from vicap_jobs.data.images import load_rgb, preprocess
+from vicap_jobs.data.images import Preprocessing, load_rgb
 from vicap_jobs.engines.base import CaptionEngine, DecodeOptions
 from vicap_jobs.engines.onnx_engine import OnnxEngine
+from vicap_jobs.engines.onnx_format import CONFIG_FILE, DECODER_FILE, ENCODER_FILE, PIXELS, OnnxExport
 from vicap_jobs.errors import ImageError, InputError, VicapError
-from vicap_jobs.export.onnx import CONFIG_FILE, DECODER_FILE, ENCODER_FILE, PIXELS, VOCAB_FILE, OnnxExport
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,9 @@ class ImageCalibrationReader:
     Images are decoded lazily, one batch at a time; unreadable files are skipped and counted.
     """
 
-    def __init__(self, paths: Sequence[Path], *, image_size: int, batch_size: int = 8) -> None:
+    def __init__(self, paths: Sequence[Path], *, preprocessing: Preprocessing, batch_size: int = 8) -> None:
         self.paths = list(paths)
-        self.image_size = image_size
+        self.preprocessing = preprocessing
         self.batch_size = batch_size
         self.used = 0
         self.skipped = 0
@@ -74,7 +75,7 @@ class ImageCalibrationReader:
                     self.skipped += 1
             if images:
                 self.used += len(images)
-                yield {PIXELS: preprocess(images, self.image_size)}
+                yield {PIXELS: self.preprocessing.apply(images)}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         """The next batch, or None when the images are used up (the onnxruntime protocol)."""
@@ -150,6 +151,14 @@ def _quantize_encoder(source: Path, target: Path, reader: ImageCalibrationReader
     prepared.unlink(missing_ok=True)
 
 
+def _copy(source: Path, target: Path) -> None:
+    """Copy a file or a folder (a codec may be either)."""
+    if source.is_dir():
+        shutil.copytree(source, target)
+    else:
+        shutil.copyfile(source, target)
+
+
 def images_per_second(run: Callable[[np.ndarray], Any], pixels: np.ndarray, batch_size: int) -> float:
     """Throughput of ``run`` over ``pixels`` in batches of ``batch_size``, after one warm-up batch."""
     run(pixels[:batch_size])
@@ -159,8 +168,8 @@ def images_per_second(run: Callable[[np.ndarray], Any], pixels: np.ndarray, batc
     return len(pixels) / (time.perf_counter() - start)
 
 
-def _speed_pixels(paths: Sequence[Path], image_size: int, n: int) -> np.ndarray:
-    images = []
+def _speed_pixels(paths: Sequence[Path], preprocessing: Preprocessing, n: int) -> np.ndarray:
+    images: list[Image.Image] = []
     for path in paths:
         if len(images) == n:
             break
@@ -170,7 +179,7 @@ def _speed_pixels(paths: Sequence[Path], image_size: int, n: int) -> np.ndarray:
             continue
     if not images:
         raise InputError("none of the calibration images could be read")
-    return preprocess(images, image_size)
+    return preprocessing.apply(images)
 
 
 def quantize_int8(
@@ -198,7 +207,7 @@ def quantize_int8(
     out_dir = Path(out_dir) if out_dir is not None else export.out_dir / INT8_SUBDIR
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     reader = ImageCalibrationReader(
-        list(calibration_images)[:max_calibration_images], image_size=export.image_size, batch_size=batch_size
+        list(calibration_images)[:max_calibration_images], preprocessing=export.preprocessing, batch_size=batch_size
     )
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
@@ -211,7 +220,7 @@ def quantize_int8(
             raise VicapError(f"int8 quantization of {export.encoder_path} failed: {type(exc).__name__}: {exc}") from exc
         if reader.used == 0:
             raise InputError(f"none of the {len(reader.paths)} calibration images could be read")
-        shutil.copyfile(export.vocab_path, tmp / VOCAB_FILE)
+        _copy(export.codec_path, tmp / export.codec_path.name)
         config = json.loads(export.config_path.read_text(encoding="utf-8"))
         config["quantization"] = {
             "method": "onnxruntime static QDQ",
@@ -231,7 +240,7 @@ def quantize_int8(
         raise
     int8_export = OnnxExport.read(out_dir)
 
-    pixels = _speed_pixels(calibration_images, export.image_size, speed_images)
+    pixels = _speed_pixels(calibration_images, export.preprocessing, speed_images)
     fp32 = OnnxEngine(export, decode=decode, threads=threads)
     int8 = OnnxEngine(int8_export, decode=decode, threads=threads)
     fp32_ids, int8_ids = fp32._forward(pixels), int8._forward(pixels)

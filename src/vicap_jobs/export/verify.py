@@ -13,25 +13,23 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
-from vicap_jobs.data.vocab import BOS_ID
 from vicap_jobs.engines.base import CaptionEngine, DecodeOptions
 from vicap_jobs.engines.onnx_engine import OnnxEngine
+from vicap_jobs.engines.onnx_format import OnnxExport
 from vicap_jobs.engines.torch_engine import TorchEngine
 from vicap_jobs.errors import InputError, UnknownNameError, VicapError
-from vicap_jobs.export.onnx import EXAMPLE_BATCH, OnnxExport, export_onnx, weights_sha256
+from vicap_jobs.export import QUANTIZATIONS
+from vicap_jobs.export.onnx import EXAMPLE_BATCH, export_onnx
+from vicap_jobs.export.quantize import QuantizeReport, quantize_int8
 from vicap_jobs.models.checkpoint import load_checkpoint
-
-if TYPE_CHECKING:
-    from vicap_jobs.export.quantize import QuantizeReport
+from vicap_jobs.models.manifest import weights_sha256
 
 LOGITS_ATOL = 1e-4
-QUANTIZATIONS = ("int8",)
 EvalFn = Callable[[CaptionEngine], float]
 
 
@@ -80,8 +78,9 @@ class ExportReport:
         return text
 
 
-def fixture_pixels(n_images: int, image_size: int, *, seed: int, engine: CaptionEngine) -> np.ndarray:
-    """``n_images`` seeded noise images of mixed sizes, through ``engine.preprocess``."""
+def fixture_pixels(n_images: int, *, seed: int, engine: CaptionEngine) -> np.ndarray:
+    """``n_images`` seeded noise images of mixed sizes around the model's input size, through ``engine.preprocess``."""
+    image_size = engine.preprocessing.size
     rng = np.random.default_rng(seed)
     images = []
     for _ in range(n_images):
@@ -117,13 +116,13 @@ def verify_export(
     if export.checkpoint_sha256 != weights_sha256(Path(checkpoint_dir)):
         raise VicapError(f"ONNX export {onnx_dir} was not made from checkpoint {checkpoint_dir}")
     candidate = OnnxEngine(export, decode=greedy)
-    pixels = fixture_pixels(n_images, reference.image_size, seed=seed, engine=reference)
+    pixels = fixture_pixels(n_images, seed=seed, engine=reference)
 
     model = reference.model
     torch_state = model.start(reference.features(torch.from_numpy(pixels)))
     onnx_state = candidate.encode(pixels)
     state_diff = _max_diff(torch_state, onnx_state)
-    tokens = torch.full((n_images,), BOS_ID, dtype=torch.long)
+    tokens = torch.full((n_images,), reference.codec.bos_id, dtype=torch.long)
     logits_diff = 0.0
     for _ in range(steps):
         torch_logits, torch_state = model.step(tokens, torch_state)
@@ -177,7 +176,5 @@ def export_and_verify(
     verify = verify_export(Path(checkpoint_dir), export.out_dir, n_images=n_images)
     report = None
     if quantize == "int8":
-        from vicap_jobs.export.quantize import quantize_int8
-
         report = quantize_int8(export.out_dir, calibration_images, eval_fn=eval_fn)
     return ExportReport(export=export, verify=verify, quantize=report)

@@ -16,7 +16,6 @@ Adding a kind: its parameters class (``jobs/params.py``), its run function (one 
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,7 +24,7 @@ from pydantic import ValidationError
 
 from vicap_jobs.errors import InputError, UnknownNameError, VicapError
 from vicap_jobs.jobs.params import CaptionParams, EvaluateParams, ExportParams, JobParams, TrainParams
-from vicap_jobs.plugins import load_plugins
+from vicap_jobs.plugins import load_plugins, resolve
 
 Unit = Literal["job", "chunk"]
 Retry = Literal["images", "none"]
@@ -73,8 +72,7 @@ class JobKind:
         """The callable behind ``run`` (a ``"module:function"`` string is imported on first use)."""
         if callable(self.run):
             return self.run
-        module, _, attribute = self.run.partition(":")
-        function: RunFunction = getattr(importlib.import_module(module), attribute)
+        function: RunFunction = resolve(self.run)
         return function
 
 

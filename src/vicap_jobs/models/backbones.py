@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import torch
@@ -79,7 +79,7 @@ class BackboneSpec:
 
 def _torchvision(arch: str, *, final_relu: bool = False) -> Callable[[], nn.Module]:
     def make() -> nn.Module:
-        import torchvision.models as tvm
+        import torchvision.models as tvm  # ~1 s: only runs that build a torchvision backbone pay for it
 
         return TorchvisionTrunk(getattr(tvm, arch)(weights=None).features, final_relu=final_relu)
 
@@ -125,17 +125,10 @@ def pretrained_weights_path(name: str) -> Path:
             f"backbone {name!r} has no pretrained weights; pass --random-init (usually with "
             f"--finetune-backbone) or --backbone-weights PATH"
         )
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # ~1 s: only for pretrained torchvision weights
 
     url = getattr(tvm, spec.weights_enum).DEFAULT.url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
-
-
-def backbone_weights_option(path: str | Path | None, *, random_init: bool) -> BackboneWeights:
-    """CLI options → ``weights``: --backbone-weights PATH wins, then --random-init, else "pretrained"."""
-    if path is not None:
-        return Path(path)
-    return "random" if random_init else "pretrained"
 
 
 def build_backbone(name: str, *, weights: BackboneWeights) -> tuple[nn.Module, int]:
@@ -179,9 +172,10 @@ def load_backbone_weights(module: nn.Module, path: Path) -> None:
     """
     if not path.is_file():
         raise WeightsMissingError(f"backbone weights file {path} does not exist")
+    state: Any
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # loaded only for .safetensors backbone files
 
             state = load_file(str(path))
         else:

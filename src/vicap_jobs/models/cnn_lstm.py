@@ -5,6 +5,12 @@ LSTM from a zero state reads v, then the words; logits come from the LSTM
 output plus v (projected to the hidden size when E ≠ H), as the seed design did.
 Teacher forcing runs ``nn.LSTM`` over whole sequences (cuDNN when on GPU);
 ``start``/``step`` run the same weights one step at a time as plain ops.
+
+``FAMILY`` at the bottom declares the rest: checkpoints in the safetensors layout
+(``config.json`` + ``model.safetensors`` + ``vocab.json``), a Vocabulary as text
+codec, squash/ImageNet preprocessing. Its registry line (``models/registry.py``,
+"cnn-lstm") names its engines (onnx, torch, torch-bf16), its ONNX export and its
+trainer (``training/lstm.py``).
 """
 
 from __future__ import annotations
@@ -16,16 +22,10 @@ from torch import nn
 
 from vicap_jobs.errors import InputError
 from vicap_jobs.models.backbones import BackboneWeights
-from vicap_jobs.models.lstm_common import (
-    DecoderState,
-    LSTMCaptionConfig,
-    LSTMCaptioner,
-    config_for_build,
-    lazy_trainer,
-)
-from vicap_jobs.models.registry import FamilySpec, register_family
-
-FAMILY = "cnn-lstm"
+from vicap_jobs.models.checkpoint import SafetensorsLayout
+from vicap_jobs.models.decoding import DecoderState
+from vicap_jobs.models.lstm_common import LSTMCaptionConfig, LSTMCaptioner, config_for_build, squash_preprocessing
+from vicap_jobs.models.registry import ModelFamily
 
 
 @dataclass
@@ -108,14 +108,15 @@ def build(
     return CNNLSTM(config_for_build(config, vocab_size), backbone_weights=backbone_weights)
 
 
-SPEC = register_family(
-    FamilySpec(
-        name=FAMILY,
-        description="Show-and-Tell: pooled CNN features as the first LSTM step (fast, small).",
-        config_cls=CNNLSTMConfig,
-        build=build,
-        train=lazy_trainer(FAMILY),
-        engines=("onnx", "torch", "torch-bf16"),
-        exportable=("onnx",),
-    )
+def build_empty(config: CNNLSTMConfig) -> CNNLSTM:
+    """The model a checkpoint's weights are loaded into: no backbone weight file is looked for."""
+    return build(config, backbone_weights="random")
+
+
+FAMILY = ModelFamily(
+    config_cls=CNNLSTMConfig,
+    build=build,
+    layout=SafetensorsLayout(build_empty),  # config.json + model.safetensors + vocab.json
+    codec="vocab",
+    preprocessing=squash_preprocessing,
 )

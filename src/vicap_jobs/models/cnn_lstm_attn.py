@@ -6,6 +6,12 @@ alpha = softmax(e), context = sum(alpha * feat), optionally gated by
 sigmoid(f_beta(h)); the LSTMCell reads [word embedding, context].
 h and c start from linear maps of the mean feature. ``start`` computes
 W_enc·feat once and keeps it in the state.
+
+``FAMILY`` at the bottom declares the rest: checkpoints in the safetensors layout
+(``config.json`` + ``model.safetensors`` + ``vocab.json``), a Vocabulary as text
+codec, squash/ImageNet preprocessing. Its registry line (``models/registry.py``,
+"cnn-lstm-attn") names its engines (onnx, torch, torch-bf16), its ONNX export and its
+trainer (``training/lstm.py``).
 """
 
 from __future__ import annotations
@@ -17,16 +23,10 @@ from torch import nn
 
 from vicap_jobs.errors import InputError
 from vicap_jobs.models.backbones import BackboneWeights
-from vicap_jobs.models.lstm_common import (
-    DecoderState,
-    LSTMCaptionConfig,
-    LSTMCaptioner,
-    config_for_build,
-    lazy_trainer,
-)
-from vicap_jobs.models.registry import FamilySpec, register_family
-
-FAMILY = "cnn-lstm-attn"
+from vicap_jobs.models.checkpoint import SafetensorsLayout
+from vicap_jobs.models.decoding import DecoderState
+from vicap_jobs.models.lstm_common import LSTMCaptionConfig, LSTMCaptioner, config_for_build, squash_preprocessing
+from vicap_jobs.models.registry import ModelFamily
 
 
 @dataclass
@@ -126,14 +126,15 @@ def build(
     return CNNLSTMAttn(config_for_build(config, vocab_size), backbone_weights=backbone_weights)
 
 
-SPEC = register_family(
-    FamilySpec(
-        name=FAMILY,
-        description="Show-Attend-Tell: additive attention over the CNN grid at every LSTM step.",
-        config_cls=CNNLSTMAttnConfig,
-        build=build,
-        train=lazy_trainer(FAMILY),
-        engines=("onnx", "torch", "torch-bf16"),
-        exportable=("onnx",),
-    )
+def build_empty(config: CNNLSTMAttnConfig) -> CNNLSTMAttn:
+    """The model a checkpoint's weights are loaded into: no backbone weight file is looked for."""
+    return build(config, backbone_weights="random")
+
+
+FAMILY = ModelFamily(
+    config_cls=CNNLSTMAttnConfig,
+    build=build,
+    layout=SafetensorsLayout(build_empty),  # config.json + model.safetensors + vocab.json
+    codec="vocab",
+    preprocessing=squash_preprocessing,
 )

@@ -1,29 +1,27 @@
 """Pieces shared by the CNN+LSTM families: config fields, backbone handling, embedding, output layer.
 
 A family subclasses :class:`LSTMCaptionConfig` (adding its own fields) and
-:class:`LSTMCaptioner` (adding ``forward``, ``start`` and ``step``). The model
-contract every family keeps:
-
-- ``extract_features(pixels (B, 3, H, W)) -> (B, C, h, w)``: backbone only;
-- ``forward(features, tokens_in (B, T)) -> logits (B, T, V)``: teacher forcing;
-- ``start(features) -> DecoderState`` and ``step(tokens (B,), state) -> (logits (B, V), state)``,
-  where the state is a tuple of batch-first tensors (reorderable with ``index_select(0, ...)``).
+:class:`LSTMCaptioner` (adding ``forward``, ``start`` and ``step`` of the
+step-wise contract in :mod:`vicap_jobs.models.captioner`); its features are the
+backbone grid (B, C, h, w). Both families store checkpoints in the safetensors
+layout with a :class:`~vicap_jobs.data.vocab.Vocabulary` and squash their images
+to ``image_size`` with ImageNet statistics (:func:`squash_preprocessing`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import nn
 
+from vicap_jobs.data.images import Preprocessing
 from vicap_jobs.data.vocab import PAD_ID
 from vicap_jobs.errors import InputError
 from vicap_jobs.models.backbones import BackboneWeights, backbone_spec, build_backbone
-from vicap_jobs.models.decoding import DecoderState
+from vicap_jobs.models.captioner import StepCaptioner
 
 ConfigT = TypeVar("ConfigT", bound="LSTMCaptionConfig")
 
@@ -60,7 +58,12 @@ def config_for_build(config: ConfigT, vocab_size: int | None) -> ConfigT:
     return config
 
 
-class LSTMCaptioner(nn.Module):
+def squash_preprocessing(config: LSTMCaptionConfig) -> Preprocessing:
+    """Squash to image_size × image_size (bicubic), ImageNet mean and std: what the backbones were trained on."""
+    return Preprocessing(config.image_size)
+
+
+class LSTMCaptioner(StepCaptioner):
     """Backbone + word embedding + vocabulary layer; families add the recurrent decoder."""
 
     def __init__(self, config: LSTMCaptionConfig, *, backbone_weights: BackboneWeights) -> None:
@@ -86,6 +89,10 @@ class LSTMCaptioner(nn.Module):
             self.backbone.eval()
         return self
 
+    def feature_extractor(self) -> nn.Module:
+        """The CNN backbone."""
+        return self.backbone
+
     def extract_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) ImageNet-normalized float32 → backbone grid (B, C, h, w)."""
         return self.backbone(pixels)
@@ -97,21 +104,3 @@ class LSTMCaptioner(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., hidden_dim) → (..., vocab_size), with dropout in train mode."""
         return self.output(self.dropout(hidden))
-
-    def start(self, features: torch.Tensor) -> DecoderState:
-        raise NotImplementedError
-
-    def step(self, tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
-        raise NotImplementedError
-
-
-def lazy_trainer(family: str) -> Callable[..., Any]:
-    """A ``FamilySpec.train`` that imports the trainer only when called."""
-
-    def train(**kwargs: Any) -> Any:
-        from vicap_jobs.training.trainer import train_model
-
-        return train_model(family=family, **kwargs)
-
-    train.__doc__ = f"Train a {family!r} model: ``vicap_jobs.training.trainer.train_model(family={family!r}, ...)``."
-    return train

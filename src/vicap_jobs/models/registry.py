@@ -1,67 +1,172 @@
-"""One registry: model family name → builder, trainer and inference engines.
+"""One registry: model family name → what the system needs to know, without importing torch.
 
-Families live one per module and register a :class:`FamilySpec` at import.
-``FAMILY_MODULES`` maps each name to its module so heavy imports (torch,
-transformers) happen only when that family is used. Adding a family is adding
-its module and one line here.
+Each family has one line in :data:`FAMILIES`: its module, its engines (name →
+"module:Class", the first being the default), the export formats it supports
+and its trainer ("module:function"). Listing families, engines and exports reads
+only these lines (transformers' ``*_MAPPING_NAMES`` work the same way): the CLI
+builds its choices and the services validate jobs without loading torch.
+
+The family module itself is imported on first use of its parts. It ends with
+``FAMILY = ModelFamily(...)``: its config dataclass, how to build a model, its
+checkpoint layout (``models.checkpoint``), its text codec kind (``models.codec``)
+and its preprocessing (``data.images.Preprocessing``).
+
+Adding a family is adding its module and one :class:`FamilySpec` line here; a plugin
+(``VICAP_PLUGINS``) calls :func:`register_family` with its line instead.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from vicap_jobs.errors import UnknownNameError
+from vicap_jobs.errors import InputError, UnknownNameError
+from vicap_jobs.plugins import load_plugins, resolve
 
-FAMILY_MODULES: dict[str, str] = {
-    "cnn-lstm": "vicap_jobs.models.cnn_lstm",
-    "cnn-lstm-attn": "vicap_jobs.models.cnn_lstm_attn",
+if TYPE_CHECKING:
+    from vicap_jobs.data.images import Preprocessing
+    from vicap_jobs.models.checkpoint import CheckpointLayout
+
+# Engines and trainers of the CNN+LSTM families, shared by both (resolved only when used).
+STEP_ENGINES: dict[str, str] = {
+    "onnx": "vicap_jobs.engines.onnx_engine:OnnxEngine",
+    "torch": "vicap_jobs.engines.torch_engine:TorchEngine",
+    "torch-bf16": "vicap_jobs.engines.torch_engine:TorchBF16Engine",
 }
+LSTM_TRAINER = "vicap_jobs.training.lstm:train_lstm"
+
+
+class UnknownEngineError(UnknownNameError):
+    """An engine name the model family does not list; the message lists the ones it does."""
+
+    def __init__(self, name: str, family: str, valid: list[str] | tuple[str, ...]) -> None:
+        super().__init__("engine", name, valid)
+        self.args = (f"unknown engine {name!r} for model family {family!r}; choose one of: {', '.join(valid)}",)
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """What a family module declares (as ``FAMILY``): the parts that need its imports (torch, transformers).
+
+    build(config, ...) -> model: a fresh model for training (family-specific keywords,
+    e.g. ``backbone_weights`` for the CNN+LSTM families); preprocessing(config) -> the
+    policy a new model of that config is trained and served with.
+    """
+
+    config_cls: type
+    build: Callable[..., Any]
+    layout: CheckpointLayout
+    codec: str  # a kind in vicap_jobs.models.codec.CODECS
+    preprocessing: Callable[[Any], Preprocessing]
 
 
 @dataclass(frozen=True)
 class FamilySpec:
-    """What the rest of the system needs to know about one model family.
-
-    build(config, vocab_size) -> nn.Module; train(**kwargs) -> TrainResult;
-    engines: names accepted by ``vicap_jobs.engines.load_engine``, the first
-    being the default for bulk captioning.
-    """
+    """One family's registry line: names and "module:attr" references only (no torch)."""
 
     name: str
+    module: str  # holds FAMILY = ModelFamily(...)
     description: str
-    config_cls: type
-    build: Callable[..., Any]
-    train: Callable[..., Any]
-    engines: tuple[str, ...]
-    exportable: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
+    engines: Mapping[str, str]  # engine name → "module:Class"; the first is the default
+    exports: tuple[str, ...] = ()  # export formats (vicap_jobs.export.EXPORTERS) this family supports
+    trainer: str | None = None  # "module:function" called as function(family=name, options=..., ...)
+
+    def __post_init__(self) -> None:
+        if not self.engines:
+            raise InputError(f"model family {self.name!r} lists no engine")
+
+    @property
+    def engine_names(self) -> tuple[str, ...]:
+        """This family's engines, the default first."""
+        return tuple(self.engines)
 
     @property
     def default_engine(self) -> str:
-        return self.engines[0]
+        return self.engine_names[0]
+
+    def check_engine(self, name: str) -> str:
+        """``name`` when this family has that engine, else UnknownEngineError listing the ones it has."""
+        if name not in self.engines:
+            raise UnknownEngineError(name, self.name, self.engine_names)
+        return name
+
+    def engine_class(self, name: str) -> Any:
+        """The engine class registered for this family as ``name`` (imports its module now)."""
+        return resolve(self.engines[self.check_engine(name)])
+
+    @property
+    def model(self) -> ModelFamily:
+        """The family module's declaration (imports the module, and so torch, on first use)."""
+        family = getattr(importlib.import_module(self.module), "FAMILY", None)
+        if not isinstance(family, ModelFamily):
+            raise InputError(f"{self.module} does not define FAMILY = ModelFamily(...) for {self.name!r}")
+        return family
+
+    @property
+    def config_cls(self) -> type:
+        return self.model.config_cls
+
+    def build(self, *args: Any, **kwargs: Any) -> Any:
+        """A fresh model: the family's ``build(config, ...)``."""
+        return self.model.build(*args, **kwargs)
+
+    def train(self, **kwargs: Any) -> Any:
+        """Train a model of this family: ``trainer(family=name, options=..., train=..., val=..., out_dir=...,
+        cache_dir=..., dataset_key=..., on_progress=...) -> TrainResult`` (see vicap_jobs.training.loop)."""
+        if self.trainer is None:
+            raise InputError(f"model family {self.name!r} cannot be trained here")
+        return resolve(self.trainer)(family=self.name, **kwargs)
 
 
-_REGISTERED: dict[str, FamilySpec] = {}
+FAMILIES: dict[str, FamilySpec] = {
+    spec.name: spec
+    for spec in (
+        FamilySpec(
+            "cnn-lstm",
+            "vicap_jobs.models.cnn_lstm",
+            "Show-and-Tell: pooled CNN features as the first LSTM step (fast, small).",
+            STEP_ENGINES,
+            exports=("onnx",),
+            trainer=LSTM_TRAINER,
+        ),
+        FamilySpec(
+            "cnn-lstm-attn",
+            "vicap_jobs.models.cnn_lstm_attn",
+            "Show-Attend-Tell: additive attention over the CNN grid at every LSTM step.",
+            STEP_ENGINES,
+            exports=("onnx",),
+            trainer=LSTM_TRAINER,
+        ),
+    )
+}
 
 
 def register_family(spec: FamilySpec) -> FamilySpec:
-    """Called by a family module at import time."""
-    _REGISTERED[spec.name] = spec
+    """Add a family's line (a plugin's); a name taken by another family is an error."""
+    existing = FAMILIES.get(spec.name)
+    if existing is not None and existing != spec:
+        raise InputError(f"model family {spec.name!r} is already registered")
+    FAMILIES[spec.name] = spec
     return spec
 
 
 def family_names() -> list[str]:
-    """All family names, without importing their modules."""
-    return sorted(FAMILY_MODULES)
+    """All family names (plugins' included)."""
+    load_plugins()
+    return sorted(FAMILIES)
 
 
 def get_family(name: str) -> FamilySpec:
     """The spec of family ``name``; an unknown name lists the valid ones."""
-    if name not in FAMILY_MODULES:
+    load_plugins()
+    if name not in FAMILIES:
         raise UnknownNameError("model family", name, family_names())
-    if name not in _REGISTERED:
-        importlib.import_module(FAMILY_MODULES[name])
-    return _REGISTERED[name]
+    return FAMILIES[name]
+
+
+def all_engine_names() -> list[str]:
+    """Every engine name of every family (CLI choices; each family then accepts only its own)."""
+    load_plugins()
+    return sorted({name for spec in FAMILIES.values() for name in spec.engines})

@@ -9,9 +9,12 @@ from pathlib import Path
 from sqlalchemy import Engine, delete, func, select
 
 from vicap_jobs.data.formats import ParsedImage, ParsedSplit, read_split
+from vicap_jobs.data.images import image_size, sha256_file
 from vicap_jobs.data.samples import CaptionSample
+from vicap_jobs.data.synth import generate_synth
+from vicap_jobs.data.text import normalize, tokenize
 from vicap_jobs.db.session import session_scope
-from vicap_jobs.db.tables import SPLITS, Dataset, Image, ReferenceCaption
+from vicap_jobs.db.tables import SPLITS, Caption, Dataset, Evaluation, Image, ReferenceCaption
 from vicap_jobs.errors import InputError, NotFoundError
 
 MISSING_SHOWN = 5
@@ -89,8 +92,6 @@ def _write_split(
     replace: bool,
     source: Path,
 ) -> None:
-    from vicap_jobs.data.images import image_size, sha256_file
-    from vicap_jobs.data.text import normalize
 
     with session_scope(db) as session:
         dataset = session.scalar(select(Dataset).where(Dataset.name == name))
@@ -134,7 +135,6 @@ def _write_split(
 
 def _refuse_if_used(session, dataset_id: int, split: str, name: str) -> None:  # type: ignore[no-untyped-def]
     """Replacing a split deletes its images; refuse while captions or scores point at them."""
-    from vicap_jobs.db.tables import Caption, Evaluation
 
     in_split = select(Image.id).where(Image.dataset_id == dataset_id, Image.split == split)
     n_captions = session.scalar(select(func.count()).select_from(Caption).where(Caption.image_id.in_(in_split)))
@@ -173,7 +173,6 @@ def list_datasets(*, db: Engine) -> list[DatasetInfo]:
 
 def describe_dataset(*, db: Engine, name: str, with_vocabulary: bool = True) -> DatasetInfo:
     """Counts per split, captions per image and (syllable) vocabulary size of the train split."""
-    from vicap_jobs.data.text import tokenize
 
     dataset = get_dataset(db=db, name=name)
     stats: list[SplitStats] = []
@@ -272,7 +271,6 @@ def create_synth_dataset(
     nightly: bool = True,
 ) -> list[ImportReport]:
     """Generate the synthetic sports set and import its three splits through the COCO importer."""
-    from vicap_jobs.data.synth import generate_synth
 
     if n_images < 10:
         raise InputError("--images must be at least 10 so every split gets images")

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, select
 
 from vicap_jobs.data.images import load_rgb
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Image
+from vicap_jobs.engines.onnx_format import EXPORT_FORMAT, default_onnx_dir
 from vicap_jobs.errors import InputError
+from vicap_jobs.export import QUANTIZATIONS
 from vicap_jobs.jobs.context import RunContext
 from vicap_jobs.jobs.lifecycle import create_job
 from vicap_jobs.jobs.params import ExportParams
@@ -22,9 +23,11 @@ from vicap_jobs.services.datasets import split_references
 from vicap_jobs.services.models import model_by_id, record_export, resolve_model
 from vicap_jobs.services.runs import raise_unless_succeeded, run_job
 
+if TYPE_CHECKING:
+    from vicap_jobs.export.verify import EvalFn
+
 log = logging.getLogger(__name__)
 
-QUANTIZE_CHOICES = ("int8",)
 CALIBRATION_IMAGES = 256
 
 
@@ -32,12 +35,12 @@ def create_export_job(*, db: Engine, model: str, quantize: str | None = None) ->
     """A queued export job, validated now (the model exists, its family exports to ONNX, the quantization)."""
     ref = resolve_model(db=db, name=model)
     spec = get_family(ref.family)
-    if "onnx" not in spec.exportable:
+    if EXPORT_FORMAT not in spec.exports:
         raise InputError(
             f"model {ref.name!r} ({ref.family}) has no ONNX export; it runs with the {spec.default_engine} engine"
         )
-    if quantize not in (None, *QUANTIZE_CHOICES):
-        raise InputError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}")
+    if quantize not in (None, *QUANTIZATIONS):
+        raise InputError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}")
     with session_scope(db) as session:
         return create_job(
             session=session,
@@ -58,7 +61,7 @@ def run_export(ctx: RunContext) -> str:
         raise InputError(f"export job {ctx.job_id} has no model")
     ref = model_by_id(db=ctx.db, model_id=ctx.job.model_id)
     quantize = params.quantize
-    out_dir = Path(ref.artifact_dir) / "onnx"
+    out_dir = default_onnx_dir(Path(ref.artifact_dir))
     calibration = _calibration_images(ctx.db, ref.dataset_id) if quantize else []
     eval_fn = _test_bleu_4(ctx.db, ref.dataset_id) if quantize else None
     report = export_and_verify(
@@ -91,7 +94,7 @@ def _calibration_images(db: Engine, dataset_id: int | None) -> list[Path]:
         return [Path(p) for p in paths]
 
 
-def _test_bleu_4(db: Engine, dataset_id: int | None, limit: int = 300) -> Callable[[Any], float] | None:
+def _test_bleu_4(db: Engine, dataset_id: int | None, limit: int = 300) -> EvalFn | None:
     """A callback scoring an engine's captions on the model's test split (BLEU-4), to report what int8 costs."""
     if dataset_id is None:
         return None

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
-from vicap_jobs.engines import load_engine
+from vicap_jobs.engines import ModelArtifacts, load_engine
+from vicap_jobs.engines.onnx_format import EXPORT_FORMAT
 from vicap_jobs.services.models import model_by_id
 
 if TYPE_CHECKING:  # the engine classes import torch
@@ -33,10 +34,10 @@ class EngineCache:
         model = model_by_id(db=self.db, model_id=model_id)
         key = (model.id, engine_name, model.exported_at.isoformat() if model.exported_at else "")
         if key not in self._engines:
+            exports = {EXPORT_FORMAT: Path(model.onnx_path)} if model.onnx_path else {}
             self._engines[key] = load_engine(
                 engine_name,
-                Path(model.artifact_dir),
-                onnx_dir=Path(model.onnx_path) if model.onnx_path else None,
+                ModelArtifacts(Path(model.artifact_dir), exports=exports),
                 device=self.device,
                 threads=self.threads,
             )

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from vicap_jobs.db.base import utcnow
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Model
 from vicap_jobs.errors import InputError, NotFoundError
@@ -93,10 +94,7 @@ def resolve_engine_name(model: ModelRef, requested: str | None) -> str:
         if spec.default_engine == "onnx" and not model.onnx_path:
             return "torch"
         return spec.default_engine
-    if requested not in spec.engines:
-        from vicap_jobs.engines import UnknownEngineError
-
-        raise UnknownEngineError(requested, list(spec.engines), kind=f"engine for {model.family}")
+    spec.check_engine(requested)
     if requested == "onnx" and not model.onnx_path:
         raise InputError(
             f"model {model.name!r} has no ONNX export yet; run `vicap-jobs export onnx {model.name}` or use --engine torch"
@@ -133,7 +131,6 @@ def register_model(
 
 
 def record_export(*, db: Engine, model_id: int, onnx_path: str, quantized: bool) -> None:
-    from vicap_jobs.db.base import utcnow
 
     with session_scope(db) as session:
         row = session.get(Model, model_id)

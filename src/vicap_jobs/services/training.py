@@ -17,6 +17,7 @@ from sqlalchemy import Engine, select
 
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Model
+from vicap_jobs.devices import torch_device
 from vicap_jobs.errors import InputError
 from vicap_jobs.jobs.context import RunContext
 from vicap_jobs.jobs.lifecycle import attach_model, create_job
@@ -39,25 +40,11 @@ def train_options(values: dict[str, Any]) -> TrainOptions:
         raise InputError(f"unknown training option(s): {', '.join(unknown)}")
     clean = {k: v for k, v in values.items() if v is not None}
     if "device" in clean:
-        check_device(str(clean["device"]))
+        torch_device(str(clean["device"]))  # this machine can train there (imports torch)
     weights = clean.get("backbone_weights")
     if weights not in (None, "pretrained", "random"):
         clean["backbone_weights"] = Path(weights)
     return TrainOptions(**clean)
-
-
-def check_device(device: str) -> None:
-    """A torch device string this machine can train on, or InputError saying why not."""
-    import torch  # heavy: only when a device is given
-
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} asked for, but torch sees no CUDA GPU here; use --device cpu")
-    if parsed.type not in ("cpu", "cuda"):
-        raise InputError(f"unsupported device {device!r}; use cpu, cuda or cuda:N")
 
 
 def create_train_job(
@@ -109,7 +96,7 @@ def run_training(ctx: RunContext) -> str:
         backbone=options.backbone,
         artifact_dir=str(out_dir),
         hyperparameters=params.options,
-        vocabulary=str(out_dir / "vocab.json"),
+        vocabulary=str(result.codec_file),
         tokenization=options.tokenization,
         image_size=options.image_size,
         dataset_id=ctx.job.dataset_id,

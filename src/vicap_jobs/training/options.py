@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vicap_jobs.data.text import Tokenization, check_tokenization
+from vicap_jobs.devices import parse_device
 from vicap_jobs.errors import InputError, UnknownNameError
 
 EarlyStopOn = Literal["val_loss", "val_bleu4"]
@@ -54,7 +55,8 @@ class TrainOptions:
     backbone: str = "tiny"
     backbone_weights: Literal["pretrained", "random"] | Path = "random"
     finetune_backbone: bool = True  # False: frozen backbone, features extracted once and cached
-    # Family-config overrides; None keeps the family default, a field the family lacks is skipped.
+    # CNN+LSTM config fields (training/lstm.py sets them); None keeps the family default,
+    # a field the family's config lacks is skipped.
     embed_dim: int | None = 64
     hidden_dim: int | None = 128
     attention_dim: int | None = 64
@@ -69,6 +71,7 @@ class TrainOptions:
     def validate(self) -> None:
         """Raise InputError (or UnknownNameError) on options no run can use."""
         check_tokenization(self.tokenization)
+        parse_device(self.device)
         if self.early_stop_on not in EARLY_STOP_ON:
             raise UnknownNameError("early-stopping metric", str(self.early_stop_on), EARLY_STOP_ON)
         if self.lr_schedule not in LR_SCHEDULES:
@@ -133,6 +136,8 @@ class TrainResult:
     val_loss: float  # of the best epoch
     val_bleu4: float  # of the best epoch, 0..1
     history: list[TrainProgress]
-    vocab_size: int
+    vocab_size: int  # ids of the text codec
     seconds: float
     stopped_early: bool
+    codec_kind: str  # the text codec saved with the checkpoint ("vocab": a Vocabulary)
+    codec_file: Path  # where it is (``out_dir / "vocab.json"`` for a vocabulary)

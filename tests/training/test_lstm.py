@@ -1,4 +1,7 @@
-"""train_model on a tiny colour set: checkpoint, learning, determinism, early stopping, cache, bad input."""
+"""train_lstm (the CNN+LSTM families' FamilySpec.train) on a tiny colour set.
+
+Checkpoint, learning, determinism, early stopping, the feature cache, bad input.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +16,10 @@ from safetensors.torch import load_file
 from vicap_jobs.data.samples import CaptionSample
 from vicap_jobs.errors import InputError, UnknownNameError, VicapError
 from vicap_jobs.models.checkpoint import load_checkpoint
-from vicap_jobs.training import trainer as trainer_module
-from vicap_jobs.training.trainer import TrainOptions, TrainProgress, train_model
+from vicap_jobs.models.registry import get_family
+from vicap_jobs.training import lstm as lstm_module
+from vicap_jobs.training.lstm import train_lstm
+from vicap_jobs.training.options import TrainOptions, TrainProgress
 
 Splits = tuple[list[CaptionSample], list[CaptionSample]]
 
@@ -43,7 +48,7 @@ def tiny_options(**changes: object) -> TrainOptions:
 
 def run(tmp_path: Path, splits: Splits, name: str = "ckpt", family: str = "cnn-lstm", **changes: object):
     train, val = splits
-    return train_model(
+    return train_lstm(
         family=family,
         options=tiny_options(**changes),
         train=train,
@@ -58,8 +63,7 @@ def run(tmp_path: Path, splits: Splits, name: str = "ckpt", family: str = "cnn-l
 def test_tiny_run_learns_and_leaves_a_loadable_checkpoint(tmp_path: Path, colour_set: Splits, family: str) -> None:
     seen: list[TrainProgress] = []
     train, val = colour_set
-    result = train_model(
-        family=family,
+    result = get_family(family).train(  # what services.training calls
         options=tiny_options(epochs=3),
         train=train,
         val=val,
@@ -74,7 +78,9 @@ def test_tiny_run_learns_and_leaves_a_loadable_checkpoint(tmp_path: Path, colour
     assert result.history == seen and 1 <= result.best_epoch <= 3
 
     loaded = load_checkpoint(result.out_dir)
-    assert len(loaded.vocab) == result.vocab_size
+    assert len(loaded.codec) == result.vocab_size
+    assert (result.codec_kind, result.codec_file) == ("vocab", result.out_dir / "vocab.json")
+    assert result.codec_file.is_file()
     assert not loaded.model.training
     meta = json.dumps(loaded.manifest)
     assert "colours" in meta and "best_epoch" in meta
@@ -118,7 +124,7 @@ def test_vocabulary_comes_from_train_only(tmp_path: Path, colour_set: Splits) ->
     train, val = colour_set
     val = [dataclasses.replace(s, captions=(*s.captions, "con ngựa vằn")) for s in val]
     result = run(tmp_path, (train, val), epochs=1)
-    vocab = load_checkpoint(result.out_dir).vocab
+    vocab = load_checkpoint(result.out_dir).codec
     assert "màu" in vocab and "ngựa" not in vocab and "vằn" not in vocab
 
 
@@ -129,7 +135,7 @@ def test_frozen_backbone_features_are_cached_and_shared_by_families(
     files = sorted((tmp_path / "cache").glob("*.safetensors"))
     assert len(files) == 2  # train and val
 
-    real = trainer_module.cached_features
+    real = lstm_module.cached_features
     extracted: list[int] = []
 
     def spy(**kwargs):  # noqa: ANN003, ANN202
@@ -137,7 +143,7 @@ def test_frozen_backbone_features_are_cached_and_shared_by_families(
         extracted.append(table.extracted)
         return table
 
-    monkeypatch.setattr(trainer_module, "cached_features", spy)
+    monkeypatch.setattr(lstm_module, "cached_features", spy)
     run(tmp_path, colour_set, "b", family="cnn-lstm-attn", finetune_backbone=False, epochs=1)
     assert extracted == [0, 0]  # same tiny backbone (same seed), same size: no backbone call
     run(tmp_path, colour_set, "c", finetune_backbone=False, epochs=1, image_size=48)
@@ -153,7 +159,7 @@ def test_crash_while_saving_leaves_no_half_checkpoint(
         (out_dir / "model.safetensors").write_bytes(b"half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(trainer_module, "save_checkpoint", broken_save)
+    monkeypatch.setattr(lstm_module, "save_checkpoint", broken_save)
     with pytest.raises(OSError, match="disk full"):
         run(tmp_path, colour_set, epochs=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # finetuning: no cache; no checkpoint, no temp
@@ -190,13 +196,13 @@ def test_empty_splits_and_foreign_out_dir(tmp_path: Path, colour_set: Splits) ->
 
 
 def test_divergence_is_a_clear_error(tmp_path: Path, colour_set: Splits, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = trainer_module._batch_loss
+    real = lstm_module._batch_loss
 
     def nan_loss(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         loss, n_tokens = real(*args, **kwargs)
         return loss * float("nan"), n_tokens
 
-    monkeypatch.setattr(trainer_module, "_batch_loss", nan_loss)
+    monkeypatch.setattr(lstm_module, "_batch_loss", nan_loss)
     with pytest.raises(VicapError, match="diverged"):
         run(tmp_path, colour_set, epochs=1)
     assert not (tmp_path / "ckpt").exists()
