@@ -95,7 +95,11 @@ def cli(verbose: int) -> None:
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    load_plugins()  # VICAP_PLUGINS: families and job kinds from outside this package
+    # VICAP_PLUGINS: families and job kinds from outside this package, loaded now so a broken one is one
+    # line at once. Not for `worker`: a plugin may import torch, which must come after GPU pinning (the
+    # worker loads them when it registers its tasks).
+    if click.get_current_context().invoked_subcommand != "worker":
+        load_plugins()
 
 
 def main() -> None:

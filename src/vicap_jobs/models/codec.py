@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from vicap_jobs.errors import InputError, UnknownNameError
-from vicap_jobs.models.registry import resolve
+from vicap_jobs.plugins import load_plugins, resolve
 
 CODECS: dict[str, str] = {
     "vocab": "vicap_jobs.data.vocab:Vocabulary",
@@ -66,13 +66,22 @@ class TextCodec(Protocol):
         ...
 
 
+def register_codec(kind: str, ref: str) -> None:
+    """Add a codec kind (a plugin's): ``ref`` is ``"module:Class"`` of a class with ``load(path)``."""
+    if CODECS.get(kind, ref) != ref:
+        raise InputError(f"text codec {kind!r} is already registered")
+    CODECS[kind] = ref
+
+
 def codec_kinds() -> list[str]:
-    """All codec kinds a manifest may name."""
+    """All codec kinds a manifest may name (plugins' included)."""
+    load_plugins()
     return sorted(CODECS)
 
 
 def load_codec(kind: str, path: Path) -> TextCodec:
     """Read the codec of ``kind`` saved at ``path``; an unknown kind lists the valid ones."""
+    load_plugins()
     if kind not in CODECS:
         raise UnknownNameError("text codec", kind, codec_kinds())
     codec = resolve(CODECS[kind]).load(Path(path))
