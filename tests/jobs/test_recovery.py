@@ -5,18 +5,20 @@ The reaper pass that publishes these plans is tested in ``tests/worker/test_reap
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from tests import store_helpers as jobs
 from tests.store_helpers import ago, naive, ok
 from vicap_jobs.db.base import utcnow
 from vicap_jobs.db.session import session_scope
-from vicap_jobs.jobs import recovery
-from vicap_jobs.jobs.chunks import create_chunks
+from vicap_jobs.jobs import lifecycle, recovery
+from vicap_jobs.jobs.chunks import ChunkOutcome, close_chunk, create_chunks
 from vicap_jobs.jobs.recovery import Redelivery, StaleChunks
 
 TRAIN = {"name": "m", "family": "cnn-lstm", "dataset": "d", "options": {}}
@@ -233,3 +235,71 @@ def test_drained_jobs_are_open_chunk_unit_jobs_with_chunks_none_open(any_db: Eng
     jobs.set_chunk(db, g, status="done")
     with session_scope(db) as session:
         assert recovery.drained_job_ids(session=session) == [drained, queued_drained]
+
+
+# --------------------------------------------------------------------------- races with a live worker
+
+
+def _before_first_write(session: Session, action: Callable[[], None]) -> list[bool]:
+    """Run ``action`` (another worker's own transaction) once, just before ``session`` first writes.
+
+    Returns a list that holds True once the action ran.
+    """
+    fired: list[bool] = []
+
+    def fire() -> None:
+        if not fired:
+            fired.append(True)
+            action()
+
+    @event.listens_for(session, "before_flush")
+    def _on_flush(*_: object) -> None:
+        fire()
+
+    @event.listens_for(session, "do_orm_execute")
+    def _on_execute(state: ORMExecuteState) -> None:
+        if state.is_insert or state.is_update or state.is_delete:
+            fire()
+
+    return fired
+
+
+@pytest.mark.parametrize("attempts", [0, 2])  # requeued, or failed at max_attempts = 3
+def test_a_job_its_worker_finishes_while_the_reaper_looks_stays_finished(any_db: Engine, attempts: int) -> None:
+    job_id = jobs.new_job(any_db, "train", TRAIN)
+    jobs.set_job(any_db, job_id, status="running", heartbeat_at=ago(600), attempts=attempts)
+
+    def worker_finishes() -> None:
+        with session_scope(any_db) as other:
+            assert lifecycle.succeed_job(session=other, job_id=job_id, message="trained") is True
+
+    with session_scope(any_db) as session:
+        fired = _before_first_write(session, worker_finishes)
+        requeued = recovery.requeue_stale_jobs(session=session, stale_after_s=90, max_attempts=3)
+    assert fired == [True] and requeued == []
+    job = jobs.get_job(any_db, job_id)
+    assert (job.status, job.attempts, job.error, job.progress_message) == ("succeeded", attempts, None, "trained")
+
+
+@pytest.mark.parametrize("attempts", [1, 3])  # requeued, or given up at max_attempts = 3
+def test_a_chunk_its_worker_closes_while_the_reaper_looks_stays_done(
+    any_db: Engine, tmp_path: Path, attempts: int
+) -> None:
+    images = jobs.add_images(any_db, tmp_path / "img", 2)
+    job_id, (chunk_id,) = jobs.caption_job(any_db, images, chunk_size=2)
+    jobs.set_chunk(any_db, chunk_id, status="running", heartbeat_at=ago(600), attempts=attempts)
+
+    def worker_closes() -> None:
+        jobs.write(any_db, job_id, [ok(images[0]), ok(images[1])])
+        with session_scope(any_db) as other:
+            assert close_chunk(session=other, chunk_id=chunk_id, outcome=ChunkOutcome("done", n_ok=2)) is True
+
+    with session_scope(any_db) as session:
+        fired = _before_first_write(session, worker_closes)
+        stale = recovery.requeue_stale_chunks(session=session, stale_after_s=90, max_attempts=3)
+    assert fired == [True] and stale == StaleChunks([], [])
+    chunk = jobs.get_chunk(any_db, chunk_id)
+    assert (chunk.status, chunk.error) == ("done", None)
+    assert {i: row[0] for i, row in jobs.captions(any_db, job_id).items()} == {images[0]: "ok", images[1]: "ok"}
+    job = jobs.get_job(any_db, job_id)
+    assert (job.done, job.failed) == (2, 0)
