@@ -187,6 +187,8 @@ def test_give_up_writes_error_rows_for_the_uncaptioned_images_only(any_db: Engin
     )
     jobs.set_chunk(any_db, chunk_id, status="running")
     jobs.write(any_db, job_id, [ok(a, "đã xong"), error(b, "cannot read image: truncated")])
+    other_job, _ = jobs.caption_job(any_db, [c], chunk_size=1)
+    jobs.write(any_db, other_job, [ok(c)])  # captioned by another job: still missing in this one
     with session_scope(any_db) as session:
         assert chunks.give_up_chunk(session=session, chunk_id=chunk_id, reason="gave up: dead") == job_id
     chunk = jobs.get_chunk(any_db, chunk_id)

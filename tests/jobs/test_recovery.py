@@ -50,13 +50,14 @@ def test_redelivery_is_true_only_with_something_to_publish() -> None:
 
 
 def test_silent_running_chunks_are_requeued_and_others_left_alone(any_db: Engine) -> None:
-    _, (stale, fresh, queued, done, recent) = jobs.caption_job(any_db, [1, 2, 3, 4, 5], chunk_size=1)
+    _, (stale, fresh, queued, done, recent, older) = jobs.caption_job(any_db, [1, 2, 3, 4, 5, 6], chunk_size=1)
     jobs.set_chunk(any_db, stale, status="running", worker_host="dead", heartbeat_at=ago(100), attempts=1)
+    jobs.set_chunk(any_db, older, status="running", worker_host="dead", heartbeat_at=ago(900), attempts=1)
     jobs.set_chunk(any_db, fresh, status="running", worker_host="alive", heartbeat_at=ago(1), attempts=1)
     jobs.set_chunk(any_db, queued, heartbeat_at=ago(600))
     jobs.set_chunk(any_db, done, status="done", heartbeat_at=ago(600))
     jobs.set_chunk(any_db, recent, status="running", worker_host="slow", heartbeat_at=ago(80), attempts=1)
-    assert jobs.requeue_stale_chunks(any_db, stale_after_s=90, max_attempts=3) == StaleChunks([stale], [])
+    assert jobs.requeue_stale_chunks(any_db, stale_after_s=90, max_attempts=3) == StaleChunks([stale, older], [])
     chunk = jobs.get_chunk(any_db, stale)
     assert (chunk.status, chunk.worker_host, chunk.heartbeat_at, chunk.attempts) == ("queued", None, None, 1)
     assert [jobs.get_chunk(any_db, i).status for i in (fresh, queued, done, recent)] == [
@@ -114,12 +115,13 @@ def test_requeued_chunks_go_back_per_kind_and_queue_and_job_unit_chunks_as_their
 
 def test_silent_running_jobs_of_unit_job_are_requeued(any_db: Engine) -> None:
     db = any_db
+    skipped, _ = _evaluate_job(db, [1])  # first, so the ones after it are still looked at
     stale = jobs.new_job(db, "train", TRAIN)
     never_beat = jobs.new_job(db, "export")
     fresh = jobs.new_job(db, "export")
-    skipped, _ = _evaluate_job(db, [1])
     caption, _ = jobs.caption_job(db, [2], chunk_size=1)
     queued = jobs.new_job(db, "train", TRAIN)
+    jobs.set_job(db, never_beat, created_at=ago(3600))  # older than stale: the result is in id order all the same
     jobs.set_job(db, stale, status="running", heartbeat_at=ago(100), started_at=ago(1), worker_host="dead")
     jobs.set_job(db, never_beat, status="running", heartbeat_at=None, started_at=ago(100))
     jobs.set_job(db, fresh, status="running", heartbeat_at=ago(80), started_at=ago(600))
@@ -266,8 +268,9 @@ def _before_first_write(session: Session, action: Callable[[], None]) -> list[bo
 
 @pytest.mark.parametrize("attempts", [0, 2])  # requeued, or failed at max_attempts = 3
 def test_a_job_its_worker_finishes_while_the_reaper_looks_stays_finished(any_db: Engine, attempts: int) -> None:
-    job_id = jobs.new_job(any_db, "train", TRAIN)
+    job_id, dead = jobs.new_job(any_db, "train", TRAIN), jobs.new_job(any_db, "export")
     jobs.set_job(any_db, job_id, status="running", heartbeat_at=ago(600), attempts=attempts)
+    jobs.set_job(any_db, dead, status="running", heartbeat_at=ago(600))
 
     def worker_finishes() -> None:
         with session_scope(any_db) as other:
@@ -276,7 +279,7 @@ def test_a_job_its_worker_finishes_while_the_reaper_looks_stays_finished(any_db:
     with session_scope(any_db) as session:
         fired = _before_first_write(session, worker_finishes)
         requeued = recovery.requeue_stale_jobs(session=session, stale_after_s=90, max_attempts=3)
-    assert fired == [True] and requeued == []
+    assert fired == [True] and requeued == [dead]  # the next stale job is still handled
     job = jobs.get_job(any_db, job_id)
     assert (job.status, job.attempts, job.error, job.progress_message) == ("succeeded", attempts, None, "trained")
 

@@ -139,7 +139,7 @@ def requeue_stale_jobs(
         attempts = session.scalar(
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
-            .values(attempts=func.coalesce(Job.attempts, 0) + 1)
+            .values(attempts=Job.attempts + 1)
             .returning(Job.attempts)
         )
         if attempts is None:
