@@ -1,6 +1,6 @@
 """The chunk runner beside other workers (SQLite and PostgreSQL), seen through a spy engine.
 
-The spy records which images reach it (each test image has its own width), so these tests see what
+The spy (``tests/jobs/spy_engine.py``) records which images reach it (each test image has its own width), so these tests see what
 row counts hide: the writer's insert-or-skip would make a runner that re-captions finished images
 look correct. Each test was checked to fail with its bug planted by hand:
 
@@ -12,46 +12,14 @@ look correct. Each test was checked to fail with its bug planted by hand:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from PIL import Image as PILImage
 from sqlalchemy import Engine
 
 from tests import store_helpers as jobs
-from tests.store_helpers import IMAGE_WIDTH, error, ok
+from tests.jobs.spy_engine import SpyEngine, SpyEngines, caption_of
+from tests.store_helpers import error, ok
 from vicap_jobs.pipeline.runner import run_chunk
-
-
-class SpyEngine:
-    """Captions each image with its own id and records the ids of every batch it is given."""
-
-    name = "spy"
-
-    def __init__(self, image_ids: Sequence[int]) -> None:
-        self.ids_by_width = {IMAGE_WIDTH + i: image_id for i, image_id in enumerate(image_ids)}
-        self.batches: list[list[int]] = []
-        self.on_batch: Callable[[int], None] = lambda n: None
-
-    def caption(self, images: Sequence[PILImage.Image]) -> list[str]:
-        batch = [self.ids_by_width[image.width] for image in images]
-        self.batches.append(batch)
-        self.on_batch(len(self.batches))
-        return [f"ảnh số {image_id}" for image_id in batch]
-
-
-class SpyEngines:
-    """An ``EngineProvider`` handing out the spy; no checkpoint is ever loaded."""
-
-    device = "cpu"
-
-    def __init__(self, engine: SpyEngine) -> None:
-        self.engine = engine
-        self.asked: list[tuple[int, str]] = []
-
-    def get(self, model_id: int, engine_name: str) -> SpyEngine:
-        self.asked.append((model_id, engine_name))
-        return self.engine
 
 
 def _setup(db: Engine, tmp_path: Path, n: int, chunk_size: int) -> tuple[list[int], int, list[int], SpyEngines]:
@@ -66,6 +34,8 @@ def test_a_redelivered_chunk_sends_only_images_without_a_caption_row(any_db: Eng
     # The first delivery wrote three rows (one an error) and its worker died; the reaper requeued it.
     assert jobs.claim_chunk(any_db, chunk_id, "dead") is not None
     jobs.write(any_db, job_id, [ok(images[0]), ok(images[2]), error(images[4], "engine error: OOM")])
+    other_job, _ = jobs.caption_job(any_db, [images[1]], chunk_size=1)
+    jobs.write(any_db, other_job, [ok(images[1])])  # another job's caption does not count for this one
     jobs.requeue_stale_chunks(any_db, stale_after_s=0, max_attempts=5)
 
     outcome = run_chunk(db=any_db, chunk_id=chunk_id, engines=engines, worker_name="alive")
@@ -74,11 +44,7 @@ def test_a_redelivered_chunk_sends_only_images_without_a_caption_row(any_db: Eng
     assert engines.asked == [(jobs.get_job(any_db, job_id).model_id, "torch")]
     assert (outcome.status, outcome.n_ok, outcome.n_failed) == ("done", 3, 0)
     rows = jobs.captions(any_db, job_id)
-    assert {i: rows[i][1] for i in (images[1], images[3], images[5])} == {
-        images[1]: f"ảnh số {images[1]}",
-        images[3]: f"ảnh số {images[3]}",
-        images[5]: f"ảnh số {images[5]}",
-    }
+    assert {i: rows[i][1] for i in (images[1], images[3], images[5])} == {i: caption_of(i) for i in images[1::2]}
     assert rows[images[4]] == ("error", None, "engine error: OOM")
     job = jobs.get_job(any_db, job_id)
     assert (job.status, job.done, job.failed) == ("succeeded", 6, 1)
