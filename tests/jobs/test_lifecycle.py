@@ -14,6 +14,7 @@ from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Caption, Dataset, Job, JobChunk
 from vicap_jobs.errors import InputError, NotFoundError, UnknownNameError
 from vicap_jobs.jobs import lifecycle
+from vicap_jobs.jobs.chunks import create_chunks
 from vicap_jobs.jobs.kinds import JobKind, register_job_kind
 from vicap_jobs.jobs.params import CaptionParams, ExportParams
 
@@ -344,17 +345,15 @@ def test_retry_numbers_after_a_single_first_chunk_and_counts_repeated_images_onc
     assert (job.total, job.done) == (3, 1)
 
 
-def test_retry_without_a_chunk_size_in_params_uses_256(any_db: Engine, tmp_path: Path) -> None:
-    images = jobs.add_images(any_db, tmp_path / "img", 3)
+def test_retry_without_a_chunk_size_in_params_uses_256(any_db: Engine) -> None:
     params = {"model": "m", "dataset": "d", "split": "test", "engine": "torch"}
     job_id = jobs.new_job(any_db, "evaluate", params)
+    planned = list(range(1, 258))  # 257 images (chunk image ids are plain JSON)
     with session_scope(any_db) as session:
-        from vicap_jobs.jobs.chunks import create_chunks
-
-        create_chunks(session=session, job_id=job_id, image_ids=images, chunk_size=1)
+        create_chunks(session=session, job_id=job_id, image_ids=planned, chunk_size=300)
     jobs.set_job(any_db, job_id, status="failed")
-    (chunk_id,) = jobs.retry_job(any_db, job_id)
-    assert jobs.get_chunk(any_db, chunk_id).image_ids == images
+    new_chunks = jobs.retry_job(any_db, job_id)
+    assert [jobs.get_chunk(any_db, chunk_id).image_ids for chunk_id in new_chunks] == [planned[:256], planned[256:]]
 
 
 def test_retry_refuses_other_kinds_open_jobs_and_jobs_with_nothing_to_redo(any_db: Engine, tmp_path: Path) -> None:
