@@ -7,12 +7,13 @@ distinct image files a spy engine can tell apart, a caption job with its chunks,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, event, select, update
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from vicap_jobs.db.base import utcnow
 from vicap_jobs.db.session import session_scope
@@ -178,3 +179,27 @@ def naive(moment: datetime | None) -> datetime | None:
     if moment is None or moment.tzinfo is None:
         return moment
     return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def before_first_write(session: Session, action: Callable[[], None]) -> list[bool]:
+    """Run ``action`` (another worker's own transaction) once, just before ``session`` first writes.
+
+    Returns a list that holds True once the action ran.
+    """
+    fired: list[bool] = []
+
+    def fire() -> None:
+        if not fired:
+            fired.append(True)
+            action()
+
+    @event.listens_for(session, "before_flush")
+    def _on_flush(*_: object) -> None:
+        fire()
+
+    @event.listens_for(session, "do_orm_execute")
+    def _on_execute(state: ORMExecuteState) -> None:
+        if state.is_insert or state.is_update or state.is_delete:
+            fire()
+
+    return fired

@@ -71,7 +71,9 @@ def test_open_chunk_ids_are_the_queued_and_running_ones_in_order(any_db: Engine)
     for chunk_id, status in zip(ids, ("done", "running", "failed", "queued", "cancelled"), strict=True):
         jobs.set_chunk(any_db, chunk_id, status=status)
     with session_scope(any_db) as session:
-        assert chunks.open_chunk_ids(session=session, job_id=job_id) == [ids[1], ids[3]]
+        (retried,) = chunks.create_chunks(session=session, job_id=job_id, image_ids=[1], chunk_size=1, start_seq=-1)
+    with session_scope(any_db) as session:
+        assert chunks.open_chunk_ids(session=session, job_id=job_id) == [retried, ids[1], ids[3]]  # by seq, not id
         assert len(chunks.open_chunk_ids(session=session, job_id=other_job)) == 1
 
 

@@ -230,9 +230,11 @@ def test_cancel_ends_the_job_its_open_chunks_and_open_descendants_and_returns_th
     grandchild = jobs.new_job(db, parent_id=child)
     finished_child = jobs.new_job(db, parent_id=job_id)
     stranger = jobs.new_job(db)
-    child_chunk = jobs.caption_job(db, [9], chunk_size=1)[1][0]
+    _, (child_chunk, leftover, stranger_chunk) = jobs.caption_job(db, [9, 10, 11], chunk_size=1)
     jobs.set_chunk(db, child_chunk, job_id=grandchild)  # a chunk of the grandchild
-    jobs.mark_chunk_enqueued(db, child_chunk, "t-grandchild-chunk")
+    jobs.set_chunk(db, leftover, job_id=finished_child)  # an open chunk of an ended child stays as it is
+    for chunk_id, task_id in ((child_chunk, "t-grandchild-chunk"), (leftover, "t-old"), (stranger_chunk, "t-x")):
+        jobs.mark_chunk_enqueued(db, chunk_id, task_id)
     with session_scope(db) as session:
         for task_job, task_id in ((child, "t-child"), (grandchild, "t-grandchild"), (finished_child, "t-old")):
             lifecycle.mark_job_enqueued(session=session, job_id=task_job, task_id=task_id)
@@ -246,6 +248,7 @@ def test_cancel_ends_the_job_its_open_chunks_and_open_descendants_and_returns_th
     assert set(task_ids[:3]) == {"t-grandchild-chunk", "t-queued", "t-running"}
     assert jobs.chunk_states(db, job_id) == ["cancelled", "cancelled", "done", "cancelled"]
     assert jobs.chunk_states(db, grandchild) == ["cancelled"]
+    assert [jobs.get_chunk(db, i).status for i in (leftover, stranger_chunk)] == ["queued", "queued"]
     statuses = {i: jobs.get_job(db, i).status for i in (job_id, child, grandchild, finished_child, stranger)}
     assert statuses == {
         job_id: "cancelled",
@@ -258,6 +261,22 @@ def test_cancel_ends_the_job_its_open_chunks_and_open_descendants_and_returns_th
     assert job.finished_at is not None and naive(jobs.get_chunk(db, unpublished).finished_at) == naive(job.finished_at)
     assert jobs.get_chunk(db, done).finished_at is None
     assert jobs.get_job(db, finished_child).finished_at is None
+
+
+def test_a_child_its_worker_ends_while_the_parent_is_cancelled_stays_ended(any_db: Engine) -> None:
+    parent = jobs.new_job(any_db)
+    child = jobs.new_job(any_db, parent_id=parent)
+    jobs.set_job(any_db, child, status="running")
+
+    def child_succeeds() -> None:
+        with session_scope(any_db) as other:
+            assert lifecycle.succeed_job(session=other, job_id=child, message="exported") is True
+
+    with session_scope(any_db) as session:
+        fired = jobs.before_first_write(session, child_succeeds)
+        lifecycle.cancel_job(session=session, job_id=parent)
+    assert fired == [True]
+    assert (jobs.get_job(any_db, parent).status, jobs.get_job(any_db, child).status) == ("cancelled", "succeeded")
 
 
 def test_cancel_of_a_finished_or_missing_job_is_an_error(any_db: Engine) -> None:
@@ -294,7 +313,7 @@ def _finished_caption_job(db: Engine, tmp_path: Path) -> tuple[int, list[int], l
     job_id, chunk_ids = jobs.caption_job(db, images, chunk_size=2, model_id=jobs.add_model(db))
     a, b, c, d, _ = images
     jobs.write(db, job_id, [ok(a), error(b), ok(c), error(d, "engine error: boom")])
-    jobs.set_job(db, job_id, status="failed", error="cannot load model", finished_at=ago(5), attempts=2)
+    jobs.set_job(db, job_id, status="failed", error="cannot load model", finished_at=ago(5), attempts=2, total=9)
     for chunk_id, status in zip(chunk_ids, ("done", "done", "failed"), strict=True):
         jobs.set_chunk(db, chunk_id, status=status)
     return job_id, chunk_ids, images
@@ -302,6 +321,8 @@ def _finished_caption_job(db: Engine, tmp_path: Path) -> tuple[int, list[int], l
 
 def test_retry_requeues_only_failed_and_missing_images_after_the_old_chunks(any_db: Engine, tmp_path: Path) -> None:
     job_id, old_chunks, (a, b, c, d, e) = _finished_caption_job(any_db, tmp_path)
+    other_job, _ = jobs.caption_job(any_db, [a, b], chunk_size=2)
+    jobs.write(any_db, other_job, [error(a), ok(b)])  # another job's rows count for nothing here
     new_chunks = jobs.retry_job(any_db, job_id)  # the job's own chunk size: 2
     assert len(new_chunks) == 2 and not set(new_chunks) & set(old_chunks)
     parts = [jobs.get_chunk(any_db, chunk_id) for chunk_id in new_chunks]
@@ -311,6 +332,7 @@ def test_retry_requeues_only_failed_and_missing_images_after_the_old_chunks(any_
     ]
     assert jobs.chunk_states(any_db, job_id) == ["done", "done", "failed", "queued", "queued"]
     assert {i: row[0] for i, row in jobs.captions(any_db, job_id).items()} == {a: "ok", c: "ok"}
+    assert {i: row[0] for i, row in jobs.captions(any_db, other_job).items()} == {a: "error", b: "ok"}
     job = jobs.get_job(any_db, job_id)
     assert (job.status, job.done, job.failed, job.total, job.error, job.finished_at, job.attempts) == (
         "queued",

@@ -5,13 +5,11 @@ The reaper pass that publishes these plans is tested in ``tests/worker/test_reap
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, event
-from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy import Engine
 
 from tests import store_helpers as jobs
 from tests.store_helpers import ago, naive, ok
@@ -202,14 +200,39 @@ def test_queued_jobs_published_long_ago_and_never_started_are_candidates_per_que
     jobs.set_job(db, evaluate_started, created_at=ago(600))
     jobs.set_chunk(db, first, status="done")  # its run began: the reaper's stale-job rule covers it
     evaluate_fresh, _ = _evaluate_job(db, [3, 4])
-    jobs.set_job(db, evaluate_fresh, created_at=ago(600))
+    jobs.set_job(db, evaluate_fresh, created_at=ago(1200))  # older than never: the result is in id order all the same
     caption, (caption_chunk,) = jobs.caption_job(db, [5], chunk_size=1)
     jobs.set_job(db, caption, created_at=ago(600))
     jobs.set_chunk(db, caption_chunk, status="running")
+    waiting_caption, (waiting_chunk,) = jobs.caption_job(db, [6], chunk_size=1)
+    jobs.set_job(db, waiting_caption, created_at=ago(600))  # its chunks are the messages, not the job
     with session_scope(db) as session:
         chunks, waiting_jobs = recovery.waiting_too_long(session=session, stale_after_s=90)
     assert waiting_jobs == {"gpu.1": [published], "vicap": [never, evaluate_fresh]}
-    assert chunks == {}
+    assert chunks == {("caption", "vicap"): [waiting_chunk]}
+
+
+def test_exactly_stale_after_s_is_not_stale_yet(any_db: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = utcnow()
+    monkeypatch.setattr(recovery, "utcnow", lambda: now)
+    edge, past = now - timedelta(seconds=90), now - timedelta(seconds=90, microseconds=1)
+    _, (edge_run, past_run, edge_wait, past_wait) = jobs.caption_job(any_db, [1, 2, 3, 4], chunk_size=1)
+    for chunk_id, beat in ((edge_run, edge), (past_run, past)):
+        jobs.set_chunk(any_db, chunk_id, status="running", heartbeat_at=beat, attempts=1)
+    for chunk_id, published in ((edge_wait, edge), (past_wait, past)):
+        jobs.set_chunk(any_db, chunk_id, enqueued_at=published)
+    edge_job, past_job = jobs.new_job(any_db), jobs.new_job(any_db)
+    edge_lost, past_lost = jobs.new_job(any_db), jobs.new_job(any_db)
+    jobs.set_job(any_db, edge_job, status="running", heartbeat_at=edge)
+    jobs.set_job(any_db, past_job, status="running", heartbeat_at=past)
+    jobs.set_job(any_db, edge_lost, enqueued_at=edge)
+    jobs.set_job(any_db, past_lost, enqueued_at=past)
+    with session_scope(any_db) as session:
+        waiting_chunks, waiting_jobs = recovery.waiting_too_long(session=session, stale_after_s=90)
+        stale = recovery.requeue_stale_chunks(session=session, stale_after_s=90, max_attempts=3)
+        requeued = recovery.requeue_stale_jobs(session=session, stale_after_s=90, max_attempts=3)
+    assert (waiting_chunks, waiting_jobs) == ({("caption", "vicap"): [past_wait]}, {"vicap": [past_lost]})
+    assert (stale, requeued) == (StaleChunks([past_run], []), [past_job])
 
 
 # --------------------------------------------------------------------------- drained jobs
@@ -242,30 +265,6 @@ def test_drained_jobs_are_open_chunk_unit_jobs_with_chunks_none_open(any_db: Eng
 # --------------------------------------------------------------------------- races with a live worker
 
 
-def _before_first_write(session: Session, action: Callable[[], None]) -> list[bool]:
-    """Run ``action`` (another worker's own transaction) once, just before ``session`` first writes.
-
-    Returns a list that holds True once the action ran.
-    """
-    fired: list[bool] = []
-
-    def fire() -> None:
-        if not fired:
-            fired.append(True)
-            action()
-
-    @event.listens_for(session, "before_flush")
-    def _on_flush(*_: object) -> None:
-        fire()
-
-    @event.listens_for(session, "do_orm_execute")
-    def _on_execute(state: ORMExecuteState) -> None:
-        if state.is_insert or state.is_update or state.is_delete:
-            fire()
-
-    return fired
-
-
 @pytest.mark.parametrize("attempts", [0, 2])  # requeued, or failed at max_attempts = 3
 def test_a_job_its_worker_finishes_while_the_reaper_looks_stays_finished(any_db: Engine, attempts: int) -> None:
     job_id, dead = jobs.new_job(any_db, "train", TRAIN), jobs.new_job(any_db, "export")
@@ -277,7 +276,7 @@ def test_a_job_its_worker_finishes_while_the_reaper_looks_stays_finished(any_db:
             assert lifecycle.succeed_job(session=other, job_id=job_id, message="trained") is True
 
     with session_scope(any_db) as session:
-        fired = _before_first_write(session, worker_finishes)
+        fired = jobs.before_first_write(session, worker_finishes)
         requeued = recovery.requeue_stale_jobs(session=session, stale_after_s=90, max_attempts=3)
     assert fired == [True] and requeued == [dead]  # the next stale job is still handled
     job = jobs.get_job(any_db, job_id)
@@ -298,7 +297,7 @@ def test_a_chunk_its_worker_closes_while_the_reaper_looks_stays_done(
             assert close_chunk(session=other, chunk_id=chunk_id, outcome=ChunkOutcome("done", n_ok=2)) is True
 
     with session_scope(any_db) as session:
-        fired = _before_first_write(session, worker_closes)
+        fired = jobs.before_first_write(session, worker_closes)
         stale = recovery.requeue_stale_chunks(session=session, stale_after_s=90, max_attempts=3)
     assert fired == [True] and stale == StaleChunks([], [])
     chunk = jobs.get_chunk(any_db, chunk_id)
