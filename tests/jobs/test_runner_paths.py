@@ -13,7 +13,7 @@ from sqlalchemy import Engine, select
 
 from tests import store_helpers as jobs
 from tests.jobs.spy_engine import SpyEngine, SpyEngines, caption_of
-from tests.store_helpers import ok
+from tests.store_helpers import naive, ok
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Caption, Image
 from vicap_jobs.errors import WeightsMissingError
@@ -23,13 +23,13 @@ from vicap_jobs.pipeline.runner import run_chunk
 
 
 def _setup(
-    db: Engine, tmp_path: Path, n: int, *, chunk_size: int, batch_size: int = 2, sleep_s: float = 0.0
+    db: Engine, tmp_path: Path, n: int, *, chunk_size: int, batch_size: int = 2, engine: str = "torch"
 ) -> tuple[list[int], int, list[int], SpyEngines]:
     images = jobs.add_images(db, tmp_path / "photos", n)
     job_id, chunk_ids = jobs.caption_job(
-        db, images, chunk_size=chunk_size, batch_size=batch_size, model_id=jobs.add_model(db)
+        db, images, chunk_size=chunk_size, batch_size=batch_size, model_id=jobs.add_model(db), engine=engine
     )
-    return images, job_id, chunk_ids, SpyEngines(SpyEngine(images, sleep_s=sleep_s), device="gpu3")
+    return images, job_id, chunk_ids, SpyEngines(SpyEngine(images), device="gpu3")
 
 
 def _latencies(db: Engine, job_id: int) -> dict[int, float | None]:
@@ -37,26 +37,52 @@ def _latencies(db: Engine, job_id: int) -> dict[int, float | None]:
         return dict(session.execute(select(Caption.image_id, Caption.latency_ms).where(Caption.job_id == job_id)).all())
 
 
-def test_a_chunk_records_its_timings_and_each_image_its_share_of_the_batch(any_db: Engine, tmp_path: Path) -> None:
-    images, job_id, (chunk_id,), engines = _setup(any_db, tmp_path, 4, chunk_size=4, sleep_s=0.05)
+class Clock:
+    """A ``time`` stand-in whose ``perf_counter`` advances one second per call."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_a_chunk_records_its_timings_and_each_image_its_share_of_the_batch(
+    any_db: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images, job_id, (chunk_id,), engines = _setup(any_db, tmp_path, 4, chunk_size=4, engine="onnx")
+    monkeypatch.setattr(runner, "time", Clock())
     beats: list[int] = []
     outcome = run_chunk(
         db=any_db, chunk_id=chunk_id, engines=engines, worker_name="w", heartbeat=lambda: beats.append(1)
     )
-    assert (outcome.status, outcome.n_ok, outcome.n_failed, len(beats)) == ("done", 4, 0, 2)
-    assert 0 < outcome.read_s < 30 and 0.1 <= outcome.infer_s < 30 and 0 < outcome.write_s < 30
+    # per batch: reading takes 1 tick, the engine 2 (its latency clock starts with it), writing 1
+    assert outcome == ChunkOutcome("done", n_ok=4, n_failed=0, read_s=2.0, infer_s=4.0, write_s=2.0)
+    assert len(beats) == 2
     chunk = jobs.get_chunk(any_db, chunk_id)
-    assert (chunk.read_s, chunk.infer_s, chunk.write_s) == (outcome.read_s, outcome.infer_s, outcome.write_s)
-    latencies = _latencies(any_db, job_id)
-    assert all(latency is not None and latency >= 25 for latency in latencies.values())  # 50 ms per 2 images
-    assert sum(latencies.values()) <= outcome.infer_s * 1000  # shares of the engine time, not multiples
+    assert (chunk.read_s, chunk.infer_s, chunk.write_s) == (2.0, 4.0, 2.0)
+    assert naive(chunk.heartbeat_at) > naive(chunk.started_at)  # beaten after each batch
+    assert _latencies(any_db, job_id) == dict.fromkeys(images, 500.0)  # 1 tick shared by the 2 images of a batch
     with session_scope(any_db) as session:
         engines_used = set(session.scalars(select(Caption.engine).where(Caption.job_id == job_id)))
         model_ids = set(session.scalars(select(Caption.model_id).where(Caption.job_id == job_id)))
     job = jobs.get_job(any_db, job_id)
+    assert engines.asked == [(job.model_id, "onnx")]
     assert (engines_used, model_ids) == ({"spy"}, {job.model_id})
     assert (job.status, job.device, job.done) == ("succeeded", "gpu3", 4)
     assert jobs.captions(any_db, job_id)[images[3]] == ("ok", caption_of(images[3]), None)
+
+
+def test_an_engine_that_answers_too_few_captions_fails_its_batch_not_the_chunk(any_db: Engine, tmp_path: Path) -> None:
+    images, job_id, (chunk_id,), engines = _setup(any_db, tmp_path, 4, chunk_size=4)
+    engines.engine.short_by = {2: 1}
+    outcome = run_chunk(db=any_db, chunk_id=chunk_id, engines=engines, worker_name="w")
+    assert (outcome.status, outcome.n_ok, outcome.n_failed) == ("done", 2, 2)
+    reason = "engine error: ValueError: the engine returned 1 captions for 2 images"
+    rows = jobs.captions(any_db, job_id)
+    assert (rows[images[2]], rows[images[3]]) == (("error", None, reason), ("error", None, reason))
+    assert jobs.get_job(any_db, job_id).status == "succeeded"
 
 
 def test_an_engine_error_fails_the_images_of_its_batch_only(any_db: Engine, tmp_path: Path) -> None:
@@ -161,6 +187,15 @@ def test_an_ended_chunk_is_skipped_without_loading_anything(any_db: Engine, tmp_
     jobs.set_chunk(any_db, chunk_id, status="done")
     assert run_chunk(db=any_db, chunk_id=chunk_id, engines=engines, worker_name="w") == ChunkOutcome("skipped")
     assert (engines.asked, jobs.get_job(any_db, job_id).status) == ([], "queued")
+
+
+def test_a_running_chunk_of_a_job_cancelled_mid_chunk_is_closed_as_cancelled(any_db: Engine, tmp_path: Path) -> None:
+    images, job_id, (chunk_id,), engines = _setup(any_db, tmp_path, 4, chunk_size=4)
+    engines.engine.on_batch = lambda n: jobs.set_job(any_db, job_id, status="cancelled")  # the job row only
+    outcome = run_chunk(db=any_db, chunk_id=chunk_id, engines=engines, worker_name="w")
+    assert (outcome.status, outcome.n_ok, engines.engine.batches) == ("cancelled", 2, [images[:2]])
+    chunk = jobs.get_chunk(any_db, chunk_id)
+    assert (chunk.status, chunk.read_s) == ("cancelled", None) and chunk.finished_at is not None
 
 
 def test_an_open_chunk_of_a_cancelled_job_closes_as_cancelled(any_db: Engine, tmp_path: Path) -> None:
