@@ -124,13 +124,16 @@ def test_an_ended_chunk_cannot_be_claimed(any_db: Engine, status: str) -> None:
 
 
 def test_beat_chunk_touches_running_chunks_only(any_db: Engine) -> None:
-    _, (running, queued) = jobs.caption_job(any_db, [1, 2], chunk_size=1)
+    _, (running, queued, other) = jobs.caption_job(any_db, [1, 2, 3], chunk_size=1)
     jobs.set_chunk(any_db, running, status="running", heartbeat_at=ago(600))
+    silent = ago(600)
+    jobs.set_chunk(any_db, other, status="running", heartbeat_at=silent)
     with session_scope(any_db) as session:
         chunks.beat_chunk(session=session, chunk_id=running)
         chunks.beat_chunk(session=session, chunk_id=queued)
     assert naive(jobs.get_chunk(any_db, running).heartbeat_at) > naive(ago(60))
     assert jobs.get_chunk(any_db, queued).heartbeat_at is None
+    assert naive(jobs.get_chunk(any_db, other).heartbeat_at) == naive(silent)  # another worker's chunk
 
 
 # --------------------------------------------------------------------------- close
@@ -273,10 +276,28 @@ def test_a_drained_job_without_any_caption_fails_with_the_most_common_reason(any
         [error(a, "engine error: RuntimeError: x"), error(b, "empty file"), error(c, "engine error: OOM")],
     )
     jobs.set_chunk(any_db, chunk_id, status="done")
+    other_job, _ = jobs.caption_job(any_db, [a, b, c], chunk_size=3)  # still open, with rows of its own
+    jobs.write(any_db, other_job, [ok(a), error(b, "empty file"), error(c, "empty file")])
     assert jobs.finish_if_drained(any_db, job_id) == "failed"  # from queued too: the job is open
+    assert jobs.get_job(any_db, other_job).status == "queued"
     job = jobs.get_job(any_db, job_id)
     assert (job.status, job.error) == ("failed", "all 3 images failed; most common reason: engine error")
     assert naive(job.finished_at) > naive(ago(60))
+
+
+def test_a_job_cancelled_just_before_it_is_ended_stays_cancelled(any_db: Engine, tmp_path: Path) -> None:
+    (a,) = jobs.add_images(any_db, tmp_path / "img", 1)
+    job_id, (chunk_id,) = jobs.caption_job(any_db, [a], chunk_size=1)
+    jobs.write(any_db, job_id, [ok(a)])
+    jobs.set_chunk(any_db, chunk_id, status="done")
+
+    def someone_cancels() -> None:
+        jobs.set_job(any_db, job_id, status="cancelled")
+
+    with session_scope(any_db) as session:
+        fired = jobs.before_first_write(session, someone_cancels)
+        assert chunks.finish_if_drained(session=session, job_id=job_id) is None
+    assert fired == [True] and jobs.get_job(any_db, job_id).status == "cancelled"
 
 
 def test_a_failure_count_without_error_rows_names_an_unknown_reason(any_db: Engine) -> None:

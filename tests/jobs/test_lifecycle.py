@@ -118,12 +118,14 @@ def test_get_job_of_a_missing_id_is_not_found(any_db: Engine) -> None:
 
 
 def test_start_moves_a_queued_job_to_running_and_records_where_and_when(any_db: Engine) -> None:
-    job_id = jobs.new_job(any_db)
+    job_id, other = jobs.new_job(any_db), jobs.new_job(any_db)
     with session_scope(any_db) as session:
         assert lifecycle.start_job(session=session, job_id=job_id, worker="w1", device="gpu0") is True
     job = jobs.get_job(any_db, job_id)
     assert (job.status, job.worker_host, job.device) == ("running", "w1", "gpu0")
     assert job.started_at is not None and naive(job.heartbeat_at) == naive(job.started_at)
+    untouched = jobs.get_job(any_db, other)
+    assert (untouched.status, untouched.started_at, untouched.worker_host) == ("queued", None, None)
 
 
 def test_start_again_is_a_redelivery_that_keeps_the_start_time(any_db: Engine) -> None:

@@ -69,9 +69,9 @@ def test_silent_running_chunks_are_requeued_and_others_left_alone(any_db: Engine
 
 def test_a_chunk_claimed_max_attempts_times_is_given_up(any_db: Engine, tmp_path: Path) -> None:
     images = jobs.add_images(any_db, tmp_path / "img", 4)
-    job_id, (below, at_max) = jobs.caption_job(any_db, images, chunk_size=2)
+    job_id, (at_max, below) = jobs.caption_job(any_db, images[2:] + images[:2], chunk_size=2)
     jobs.set_job(any_db, job_id, status="running")
-    jobs.write(any_db, job_id, [ok(images[2])])  # half of the second chunk was captioned before each death
+    jobs.write(any_db, job_id, [ok(images[2])])  # half of the given-up chunk was captioned before each death
     jobs.set_chunk(any_db, below, status="running", heartbeat_at=ago(600), attempts=2)
     jobs.set_chunk(any_db, at_max, status="running", heartbeat_at=ago(600), attempts=3)
     assert jobs.requeue_stale_chunks(any_db, stale_after_s=90, max_attempts=3) == StaleChunks([below], [at_max])
