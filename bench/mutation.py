@@ -46,6 +46,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "bench" / "results" / "mutation.md"
 TARGET = 0.90  # killed / total, per module
+CHILDREN = int(os.environ.get("MUTATION_CHILDREN", "1"))  # mutmut workers; the dev and CI boxes have two cores
+
+JOB_TESTS = ("tests/jobs", "tests/pipeline/test_concurrency.py", "tests/worker/test_reaper.py")
 
 # module under src/  ->  the tests that exercise it
 MODULES: dict[str, tuple[str, ...]] = {
@@ -56,6 +59,13 @@ MODULES: dict[str, tuple[str, ...]] = {
     "vicap_jobs/data/text.py": ("tests/data/test_text.py", "tests/metrics"),
     "vicap_jobs/data/images.py": ("tests/data/test_images.py",),
     "vicap_jobs/models/decoding.py": ("tests/models/test_decoding.py",),
+    # The job system (SQLite and PostgreSQL cases; tests/pipeline/test_runner.py loads real checkpoints,
+    # ~13 s a mutant, and the spy-engine runner tests cover the same paths).
+    "vicap_jobs/jobs/lifecycle.py": JOB_TESTS,
+    "vicap_jobs/jobs/chunks.py": JOB_TESTS,
+    "vicap_jobs/jobs/writer.py": JOB_TESTS,
+    "vicap_jobs/jobs/recovery.py": JOB_TESTS,
+    "vicap_jobs/pipeline/runner.py": JOB_TESTS,
 }
 
 # mutmut 3 never mutates a decorated function (a decorator may register or wrap it). These only switch
@@ -278,6 +288,99 @@ EQUIVALENT: dict[str, str] = {
         "models.decoding",
         "x_greedy_decode__mutmut_40",
     ),
+    # jobs/lifecycle.py, jobs/chunks.py, jobs/writer.py, jobs/recovery.py, pipeline/runner.py
+    **_judged(
+        "status=QUEUED dropped or None: the column default is the same value",
+        "jobs.lifecycle",
+        "x_create_job__mutmut_16",
+        "x_create_job__mutmut_24",
+    ),
+    **_judged(
+        "status=QUEUED dropped or None: the column default is the same value",
+        "jobs.chunks",
+        "x_create_chunks__mutmut_11",
+        "x_create_chunks__mutmut_16",
+    ),
+    **_judged(
+        "the task-id query without its status filter: every id listed belongs to a row already checked open",
+        "jobs.lifecycle",
+        "x_cancel_job__mutmut_28",
+    ),
+    **_judged(
+        "ORDER BY removed: the primary-key index returns that order on both databases at these sizes",
+        "jobs.lifecycle",
+        "x_child_job_ids__mutmut_3",
+    ),
+    **_judged(
+        "ORDER BY removed: the primary-key index returns that order on both databases at these sizes",
+        "jobs.chunks",
+        "x_open_chunk_ids__mutmut_3",
+    ),
+    **_judged(
+        "ORDER BY removed: the primary-key index returns that order on both databases at these sizes",
+        "jobs.recovery",
+        "x_waiting_too_long__mutmut_5",
+    ),
+    **_judged(
+        "populate_existing dropped: the ORM UPDATE already refreshed the loaded object",
+        "jobs.chunks",
+        *(f"x_claim_chunk__mutmut_{n}" for n in (27, 30, 31)),
+    ),
+    **_judged(
+        "the 'already captioned' pre-filter only saves inserts: the writer's insert-or-skip does the same",
+        "jobs.chunks",
+        *(f"x_give_up_chunk__mutmut_{n}" for n in (32, 33, 35, 36)),
+    ),
+    **_judged(
+        "no status filter on reasons: this branch only runs when there are no ok rows",
+        "jobs.chunks",
+        "x_finish_if_drained__mutmut_47",
+    ),
+    **_judged(
+        "most_common(None or 2)[0] is still the most common reason",
+        "jobs.chunks",
+        "x_finish_if_drained__mutmut_54",
+        "x_finish_if_drained__mutmut_55",
+    ),
+    **_judged(
+        "a different split maxsplit leaves the part before the first colon, [0], unchanged",
+        "jobs.chunks",
+        "x_error_reason__mutmut_4",
+        "x_error_reason__mutmut_10",
+    ),
+    **_judged(
+        "status filter dropped or the loop re-check weakened: the conditional UPDATEs still stop non-running rows",
+        "jobs.recovery",
+        *(f"x_requeue_stale_chunks__mutmut_{n}" for n in (7, 20, 23)),
+        "x_requeue_stale_jobs__mutmut_7",
+    ),
+    **_judged(
+        "a join without its ON clause: SQLAlchemy infers the same foreign-key join",
+        "jobs.recovery",
+        "x_redelivery_for_chunks__mutmut_8",
+        "x_redelivery_for_chunks__mutmut_10",
+        "x_waiting_too_long__mutmut_15",
+        "x_waiting_too_long__mutmut_17",
+    ),
+    **_judged(
+        "always the PostgreSQL insert: it compiles identically on SQLite", "jobs.writer", "x_write_results__mutmut_5"
+    ),
+    **_judged(
+        "ON CONFLICT without a target: (job_id, image_id) is the only key that can conflict",
+        "jobs.writer",
+        "x_write_results__mutmut_15",
+    ),
+    **_judged(_ZIP_CHECKED, "pipeline.runner", *(f"x_caption_batch__mutmut_{n}" for n in (43, 46, 47))),
+    **_judged(
+        "latency kept when the text is None: the writer drops latency for error rows",
+        "pipeline.runner",
+        "x_caption_batch__mutmut_58",
+    ),
+    **_judged(
+        "no image filter: the result is only used to test membership of the chunk's own images",
+        "pipeline.runner",
+        "x__uncaptioned__mutmut_8",
+    ),
 }
 
 _KILLED = {1, 3, 36, 37, 24, -24, 152, 255}  # test failure, pytest error, timeouts, type check (mutmut's stats.py)
@@ -341,7 +444,7 @@ def run_mutmut(modules: list[str]) -> list[str]:
     _mutate_transparently_decorated_functions()
     from mutmut.__main__ import cli
 
-    argv = ["run", "--max-children", "1", *(mutant_glob(module) for module in modules)]
+    argv = ["run", "--max-children", str(CHILDREN), *(mutant_glob(module) for module in modules)]
     try:
         cli.main(argv, prog_name="mutmut", standalone_mode=False)
     except SystemExit as exc:  # mutmut exits on a failed clean run or when no test covers a mutant

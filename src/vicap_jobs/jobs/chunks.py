@@ -135,15 +135,21 @@ def give_up_chunk(*, session: Session, chunk_id: int, reason: str) -> int | None
 
     Call :func:`finish_if_drained` for that job afterwards, in a new transaction.
     """
-    chunk = session.get(JobChunk, chunk_id)
-    if chunk is None or chunk.status not in OPEN_CHUNK:
+    # Failed only if still open: its worker may have closed it since the caller looked.
+    result = session.execute(
+        update(JobChunk)
+        .where(JobChunk.id == chunk_id, JobChunk.status.in_(OPEN_CHUNK))
+        .values(status=ChunkStatus.FAILED, error=reason, finished_at=utcnow())
+    )
+    if not result.rowcount:
         return None
+    chunk = session.get(JobChunk, chunk_id)
+    assert chunk is not None
     job = session.get(Job, chunk.job_id)
     assert job is not None  # job_chunks.job_id is a foreign key
     done = set(
         session.scalars(select(Caption.image_id).where(Caption.job_id == job.id, Caption.image_id.in_(chunk.image_ids)))
     )
-    chunk.status, chunk.error, chunk.finished_at = ChunkStatus.FAILED, reason, utcnow()
     write_results(
         session=session,
         job_id=job.id,

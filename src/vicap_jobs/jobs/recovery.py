@@ -125,7 +125,7 @@ def requeue_stale_jobs(
     ``skip``: jobs already being redelivered through their chunks (an evaluate job whose chunk was stale).
     """
     candidates = session.scalars(
-        select(Job)
+        select(Job.id)
         .where(
             Job.status == JobStatus.RUNNING,
             Job.kind.in_(kinds_with_unit("job")),
@@ -134,17 +134,26 @@ def requeue_stale_jobs(
         .order_by(Job.id)
     ).all()
     requeued: list[int] = []
-    for job in candidates:
-        if skip and job.id in skip:
+    for job_id in candidates:
+        if skip and job_id in skip:
             continue
-        job.attempts = (job.attempts or 0) + 1
-        if job.attempts >= max_attempts:
-            job.status, job.finished_at = JobStatus.FAILED, utcnow()
-            job.error = f"gave up after {job.attempts} attempts: the worker died or timed out each time"
+        # Counted only while still running: its worker may have ended it since the query above.
+        attempts = session.scalar(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+            .values(attempts=Job.attempts + 1)
+            .returning(Job.attempts)
+        )
+        if attempts is None:
             continue
-        job.status, job.heartbeat_at = JobStatus.QUEUED, None
-        requeued.append(job.id)
-    session.flush()
+        if attempts >= max_attempts:
+            error = f"gave up after {attempts} attempts: the worker died or timed out each time"
+            session.execute(
+                update(Job).where(Job.id == job_id).values(status=JobStatus.FAILED, finished_at=utcnow(), error=error)
+            )
+            continue
+        session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.QUEUED, heartbeat_at=None))
+        requeued.append(job_id)
     return requeued
 
 

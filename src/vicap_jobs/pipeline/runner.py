@@ -159,6 +159,8 @@ def caption_batch(engine: Captioner, batch: Sequence[tuple[int, str]]) -> tuple[
         reason: str | None = None
         try:
             texts = list(engine.caption([image for _, image in good]))
+            if len(texts) != len(good):  # a broken engine fails its batch's images, not the chunk
+                raise ValueError(f"the engine returned {len(texts)} captions for {len(good)} images")
         except Exception as exc:  # noqa: BLE001 - recorded per image; the job goes on
             log.exception("engine failed on a batch of %d images", len(good))
             texts = [None] * len(good)
