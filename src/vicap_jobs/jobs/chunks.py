@@ -136,12 +136,13 @@ def give_up_chunk(*, session: Session, chunk_id: int, reason: str) -> int | None
     Call :func:`finish_if_drained` for that job afterwards, in a new transaction.
     """
     # Failed only if still open: its worker may have closed it since the caller looked.
-    result = session.execute(
+    changed = rows_changed(
+        session,
         update(JobChunk)
         .where(JobChunk.id == chunk_id, JobChunk.status.in_(OPEN_CHUNK))
-        .values(status=ChunkStatus.FAILED, error=reason, finished_at=utcnow())
+        .values(status=ChunkStatus.FAILED, error=reason, finished_at=utcnow()),
     )
-    if not result.rowcount:
+    if not changed:
         return None
     chunk = session.get(JobChunk, chunk_id)
     assert chunk is not None
