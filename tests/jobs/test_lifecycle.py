@@ -347,6 +347,23 @@ def test_retry_requeues_only_failed_and_missing_images_after_the_old_chunks(any_
     )
 
 
+def test_two_retries_at_once_reopen_the_job_once(any_db: Engine, tmp_path: Path) -> None:
+    """The second retry read the job finished too; its reopen finds it queued and changes nothing."""
+    job_id, _, (a, _, c, _, _) = _finished_caption_job(any_db, tmp_path)
+    first: list[int] = []
+
+    def another_retry() -> None:
+        first.extend(jobs.retry_job(any_db, job_id))
+
+    with pytest.raises(InputError, match="changed while it was being retried"), session_scope(any_db) as session:
+        fired = jobs.before_first_write(session, another_retry)
+        lifecycle.retry_job(session=session, job_id=job_id)
+    assert fired == [True] and len(first) == 2
+    assert jobs.chunk_states(any_db, job_id) == ["done", "done", "failed", "queued", "queued"]  # no third copy
+    assert {i: row[0] for i, row in jobs.captions(any_db, job_id).items()} == {a: "ok", c: "ok"}
+    assert jobs.get_job(any_db, job_id).status == "queued"
+
+
 def test_retry_with_an_explicit_chunk_size(any_db: Engine, tmp_path: Path) -> None:
     job_id, _, (_, b, _, d, e) = _finished_caption_job(any_db, tmp_path)
     with session_scope(any_db) as session:

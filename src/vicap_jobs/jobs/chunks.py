@@ -164,7 +164,7 @@ def give_up_chunk(*, session: Session, chunk_id: int, reason: str) -> int | None
 def finish_if_drained(*, session: Session, job_id: int) -> str | None:
     """End a job whose messages are chunks once none of its chunks is open; returns the new status.
 
-    Succeeded, or failed when no image got a caption (the message names the most common reason).
+    Succeeded, or failed when every image failed (the message names the most common reason).
     Jobs of unit "job" (evaluate) end in their own run function, after scoring, never here.
     """
     job = session.get(Job, job_id)

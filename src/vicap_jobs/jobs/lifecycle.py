@@ -79,7 +79,8 @@ def get_job(*, session: Session, job_id: int) -> Job:
 def start_job(*, session: Session, job_id: int, worker: str | None = None, device: str | None = None) -> bool:
     """Queued → running (running stays running: a redelivered job); False when the job has finished.
 
-    Records the host, the device and the start time (once) and counts as a heartbeat.
+    Records the host, the device and the start of this run (set when it leaves queued: a job requeued
+    by the reaper or by ``retry`` starts a new run) and counts as a heartbeat.
     """
     now = utcnow()
     session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(started_at=now))
@@ -215,12 +216,12 @@ def retry_job(*, session: Session, job_id: int, chunk_size: int | None = None) -
     todo = [i for i in dict.fromkeys(planned) if i not in ok]
     if not todo:
         raise InputError(f"job {job_id} has no failed or missing images")
-    session.execute(delete(Caption).where(Caption.job_id == job_id, Caption.status == CaptionStatus.ERROR))
     next_seq = (session.scalar(select(func.max(JobChunk.seq)).where(JobChunk.job_id == job_id)) or 0) + 1
     size = chunk_size or int((job.params or {}).get("chunk_size") or 256)
-    session.execute(
+    reopened = rows_changed(
+        session,
         update(Job)
-        .where(Job.id == job_id)
+        .where(Job.id == job_id, Job.status == job.status)  # two retries at once: the second finds it queued
         .values(
             status=JobStatus.QUEUED,
             done=len(ok),
@@ -229,8 +230,11 @@ def retry_job(*, session: Session, job_id: int, chunk_size: int | None = None) -
             finished_at=None,
             total=len(ok) + len(todo),
             attempts=0,
-        )
+        ),
     )
+    if not reopened:
+        raise InputError(f"job {job_id} changed while it was being retried (retried twice at once?); look again")
+    session.execute(delete(Caption).where(Caption.job_id == job_id, Caption.status == CaptionStatus.ERROR))
     return create_chunks(session=session, job_id=job_id, image_ids=todo, chunk_size=size, start_seq=next_seq)
 
 
