@@ -325,6 +325,7 @@ def test_retry_requeues_only_failed_and_missing_images_after_the_old_chunks(any_
     job_id, old_chunks, (a, b, c, d, e) = _finished_caption_job(any_db, tmp_path)
     other_job, _ = jobs.caption_job(any_db, [a, b], chunk_size=2)
     jobs.write(any_db, other_job, [error(a), ok(b)])  # another job's rows count for nothing here
+    jobs.set_job(any_db, other_job, status="failed", error="its own reason")  # ended the same way: not reopened
     new_chunks = jobs.retry_job(any_db, job_id)  # the job's own chunk size: 2
     assert len(new_chunks) == 2 and not set(new_chunks) & set(old_chunks)
     parts = [jobs.get_chunk(any_db, chunk_id) for chunk_id in new_chunks]
@@ -335,6 +336,10 @@ def test_retry_requeues_only_failed_and_missing_images_after_the_old_chunks(any_
     assert jobs.chunk_states(any_db, job_id) == ["done", "done", "failed", "queued", "queued"]
     assert {i: row[0] for i, row in jobs.captions(any_db, job_id).items()} == {a: "ok", c: "ok"}
     assert {i: row[0] for i, row in jobs.captions(any_db, other_job).items()} == {a: "error", b: "ok"}
+    assert (jobs.get_job(any_db, other_job).status, jobs.get_job(any_db, other_job).error) == (
+        "failed",
+        "its own reason",
+    )
     job = jobs.get_job(any_db, job_id)
     assert (job.status, job.done, job.failed, job.total, job.error, job.finished_at, job.attempts) == (
         "queued",
