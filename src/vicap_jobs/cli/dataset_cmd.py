@@ -9,6 +9,7 @@ import click
 from vicap_jobs.cli import choices
 from vicap_jobs.cli.common import console, open_store, print_table
 from vicap_jobs.services.datasets import (
+    DatasetInfo,
     create_synth_dataset,
     describe_dataset,
     import_split,
@@ -146,7 +147,8 @@ def list_cmd() -> None:
     )
 
 
-def _count(info, split: str) -> int | None:  # type: ignore[no-untyped-def]
+def _count(info: DatasetInfo, split: str) -> int | None:
+    """Images in ``split`` of the data set, or None when it has no such split."""
     return next((s.n_images for s in info.splits if s.split == split), None)
 
 

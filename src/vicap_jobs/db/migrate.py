@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -72,7 +73,7 @@ def ensure_schema(engine: Engine, url: str) -> None:
     )
 
 
-def _run(action, url: str) -> None:  # type: ignore[no-untyped-def]
+def _run(action: Callable[[], object], url: str) -> None:
     try:
         action()
     except CommandError as exc:  # unknown revision, nothing to downgrade, ...

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Engine, delete, func, select
+from sqlalchemy.orm import Session
 
 from vicap_jobs.data.formats import ParsedImage, ParsedSplit, read_split
 from vicap_jobs.data.images import image_size, sha256_file
@@ -133,7 +134,7 @@ def _write_split(
             taken.add(str(path))
 
 
-def _refuse_if_used(session, dataset_id: int, split: str, name: str) -> None:  # type: ignore[no-untyped-def]
+def _refuse_if_used(session: Session, dataset_id: int, split: str, name: str) -> None:
     """Replacing a split deletes its images; refuse while captions or scores point at them."""
 
     in_split = select(Image.id).where(Image.dataset_id == dataset_id, Image.split == split)

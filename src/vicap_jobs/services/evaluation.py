@@ -156,13 +156,15 @@ def create_evaluate_job(
     image_ids = _split_image_ids(db, ds.id, split)
     if not image_ids:
         raise InputError(f"data set {dataset!r} has no {split} images on disk to caption")
-    params = EvaluateParams(
-        model=model_ref.name,
-        dataset=ds.name,
-        split=split,  # type: ignore[arg-type]  # checked above
-        tokenization=tokenization,  # type: ignore[arg-type]  # checked above
-        engine=engine,
-        batch_size=batch_size,
+    params = EvaluateParams.model_validate(
+        {
+            "model": model_ref.name,
+            "dataset": ds.name,
+            "split": split,
+            "tokenization": tokenization,
+            "engine": engine,
+            "batch_size": batch_size,
+        }
     )
     with session_scope(db) as session:
         job_id = create_job(

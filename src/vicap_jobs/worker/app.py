@@ -106,12 +106,13 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
 def _tune_embedded_transport(url: str) -> None:
     """Poll the embedded brokers every 0.1 s (kombu's default is 1 s, which costs ~1 s per task)."""
     if url.startswith("sqla+"):
-        from kombu.transport import sqlalchemy as transport  # its import needs SQLAlchemy only when used
+        from kombu.transport import sqlalchemy as sqla_transport  # loads kombu's SQLAlchemy transport: only for it
+
+        sqla_transport.Transport.polling_interval = EMBEDDED_POLL_INTERVAL_S
     elif url.startswith("filesystem"):
-        from kombu.transport import filesystem as transport  # type: ignore[no-redef]
-    else:
-        return
-    transport.Transport.polling_interval = EMBEDDED_POLL_INTERVAL_S
+        from kombu.transport import filesystem as filesystem_transport  # the same, for the filesystem transport
+
+        filesystem_transport.Transport.polling_interval = EMBEDDED_POLL_INTERVAL_S
 
 
 def make_app(settings: Settings | None = None) -> Celery:
