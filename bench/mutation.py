@@ -57,7 +57,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "vicap_jobs/metrics/scores.py": ("tests/metrics",),
     "vicap_jobs/metrics/baseline.py": ("tests/metrics",),
     "vicap_jobs/data/text.py": ("tests/data/test_text.py", "tests/metrics"),
-    "vicap_jobs/data/images.py": ("tests/data/test_images.py",),
+    "vicap_jobs/data/images.py": ("tests/data/test_images.py", "tests/data/test_preprocessing.py"),
     "vicap_jobs/models/decoding.py": ("tests/models/test_decoding.py",),
     # The job system (SQLite and PostgreSQL cases; tests/pipeline/test_runner.py loads real checkpoints,
     # ~13 s a mutant, and the spy-engine runner tests cover the same paths).
@@ -200,7 +200,19 @@ EQUIVALENT: dict[str, str] = {
     **_judged(
         "ImageOps.exif_transpose returns None only with in_place=True, which is never passed",
         "data.images",
+        "x__upright_copy__mutmut_5",
         "x__upright_copy__mutmut_12",
+    ),
+    **_judged(
+        "a square image takes either branch with the same result (both sides become size)",
+        "data.images",
+        "x__shorter_side_crop__mutmut_2",
+    ),
+    **_judged(
+        "the pixels are uint8 whatever the array's dtype: np.asarray of an RGB image is uint8, and a float batch "
+        "holding the same integers scales to the same float32 values",
+        "data.images",
+        *(f"xǁPreprocessingǁapply__mutmut_{n}" for n in (5, 7, 31, 33)),
     ),
     **_judged(
         "an image here always has pixels (0-pixel images never open), so the values.size fallback is unused",
@@ -548,7 +560,13 @@ def write_report(results: list[ModuleResult], command: str, seconds: float | Non
         "kill comes from constructed inputs; device mutants are killed on CPU by running under",
         "`torch.device('meta')` as the default device.",
         "",
-        "Command (repository root, venv active):",
+        "Every module (repository root, venv active; about 14 minutes with two workers on two cores):",
+        "",
+        "```",
+        "MUTATION_CHILDREN=2 python bench/mutation.py",
+        "```",
+        "",
+        "The last run (rows of modules it did not run are kept from earlier runs):",
         "",
         "```",
         command,

@@ -72,3 +72,41 @@ def test_json_round_trip_and_errors() -> None:
     ]:
         with pytest.raises(InputError, match=match):
             Preprocessing.from_json(bad)
+
+
+def test_shorter_side_crop_uses_the_policy_resampling_and_integer_centre_offsets() -> None:
+    """An odd margin is split with the extra pixel after the crop (floor division), as CLIP's processor does."""
+    policy = Preprocessing(4, resize="shorter-side-crop", resample="bilinear")
+    wide = noise(13, 8, 9)  # shorter side 8 → 4, long side 13 → 6: margin 2, offset 1
+    expected = wide.resize((6, 4), Image.Resampling.BILINEAR).crop((1, 0, 5, 4))
+    np.testing.assert_array_equal(policy.apply([wide]), Preprocessing(4, resample="bilinear").apply([expected]))
+    tall = noise(8, 15, 10)  # shorter side 8 → 4, long side 15 → 7: margin 3, offset 1 (not 1.5)
+    expected = tall.resize((4, 7), Image.Resampling.BILINEAR).crop((0, 1, 4, 5))
+    np.testing.assert_array_equal(policy.apply([tall]), Preprocessing(4, resample="bilinear").apply([expected]))
+    wider = noise(15, 8, 11)  # margin 3 across: offset 1
+    expected = wider.resize((7, 4), Image.Resampling.BILINEAR).crop((1, 0, 5, 4))
+    np.testing.assert_array_equal(policy.apply([wider]), Preprocessing(4, resample="bilinear").apply([expected]))
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"size": True}, "preprocessing size must be a positive integer, got True"),
+        ({"size": "8"}, "preprocessing size must be a positive integer, got '8'"),
+        ({"size": 8, "resize": "pad"}, "unknown resize policy 'pad'; choose one of: squash, shorter-side-crop"),
+        ({"size": 8, "resample": "lanczos"}, "unknown resampling 'lanczos'; choose one of: bicubic, bilinear"),
+        ({"size": 8, "mean": (0.5, 0.5)}, "mean and std need 3 channels each, std positive; got (0.5, 0.5) and"),
+        ({"size": 8, "std": (1.0, 1.0)}, "mean and std need 3 channels each, std positive; got"),
+    ],
+)
+def test_a_bad_policy_is_one_exact_input_error(values: dict[str, object], message: str) -> None:
+    with pytest.raises(InputError) as raised:
+        Preprocessing(**values)  # type: ignore[arg-type]
+    assert str(raised.value).startswith(message)
+
+
+def test_a_manifest_policy_needs_three_numbers_per_statistic() -> None:
+    for values in ([0.5, 0.5], "0.5,0.5,0.5", [0.1, 0.2, 0.3, 0.4]):
+        with pytest.raises(InputError) as raised:
+            Preprocessing.from_json({"size": 8, "mean": values})
+        assert f"expected 3 numbers, got {values!r}" in str(raised.value)
