@@ -8,16 +8,13 @@ A worker process loads a model once after the fork and reuses it for every chunk
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
 from vicap_jobs.engines import ModelArtifacts, load_engine
+from vicap_jobs.engines.base import CaptionEngine
 from vicap_jobs.engines.onnx_format import EXPORT_FORMAT
 from vicap_jobs.services.models import model_by_id
-
-if TYPE_CHECKING:  # the engine classes import torch
-    from vicap_jobs.engines.base import CaptionEngine
 
 
 class EngineCache:

@@ -80,8 +80,8 @@ def run_job(
         device=device,
         worker_name=worker_name,
         engines=engines,
-        heartbeat=heartbeat or (lambda: None),
         progress_bar=in_process,
+        **({"heartbeat": heartbeat} if heartbeat is not None else {}),
     )
     try:
         result = kind.run_function()(context)
