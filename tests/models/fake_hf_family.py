@@ -45,7 +45,7 @@ class FakePretrained:
         (folder / "preprocessor_config.json").write_text(json.dumps({"crop_size": 224}))
 
     @classmethod
-    def from_pretrained(cls, folder: Path) -> FakePretrained:
+    def from_pretrained(cls, folder: Path, config: Any = None, **load_options: Any) -> FakePretrained:
         return cls(json.loads((Path(folder) / "model.safetensors").read_text()))
 
     def to(self, device: str) -> FakePretrained:

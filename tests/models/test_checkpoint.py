@@ -220,5 +220,5 @@ def test_save_refuses_a_vocabulary_of_another_size(tmp_path: Path) -> None:
     with pytest.raises(VicapError, match="vocabulary"):
         save_checkpoint(tmp_path, model=tiny("cnn-lstm", 30), family="cnn-lstm", codec=vocabulary(), meta={})
     with pytest.raises(UnknownNameError, match="cnn-lstm"):
-        save_checkpoint(tmp_path, model=tiny("cnn-lstm", 16), family="blip", codec=vocabulary(), meta={})
+        save_checkpoint(tmp_path, model=tiny("cnn-lstm", 16), family="no-such-family", codec=vocabulary(), meta={})
     assert not any(tmp_path.iterdir())  # nothing written before the checks

@@ -21,6 +21,6 @@ def test_vocabulary_is_a_text_codec(tmp_path: Path) -> None:
 
 
 def test_unknown_codec_kind_lists_the_valid_ones(tmp_path: Path) -> None:
-    assert codec_kinds() == ["vocab"]
-    with pytest.raises(UnknownNameError, match="unknown text codec 'bpe'; choose one of: vocab"):
+    assert codec_kinds() == ["hf-tokenizer", "vocab"]
+    with pytest.raises(UnknownNameError, match="unknown text codec 'bpe'; choose one of: hf-tokenizer, vocab"):
         load_codec("bpe", tmp_path)

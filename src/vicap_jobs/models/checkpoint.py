@@ -67,8 +67,20 @@ class CheckpointLayout(Protocol):
         """Write the weights into ``out_dir``; returns the manifest fields naming them."""
         ...
 
-    def load(self, path: Path, manifest: Mapping[str, Any], config: Any, *, map_location: str) -> Any:
-        """Rebuild the model of checkpoint ``path`` for ``config`` on ``map_location``, in eval mode."""
+    def load(
+        self,
+        path: Path,
+        manifest: Mapping[str, Any],
+        config: Any,
+        *,
+        map_location: str,
+        load_options: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Rebuild the model of checkpoint ``path`` for ``config`` on ``map_location``, in eval mode.
+
+        load_options: layout-specific keywords (the hf layout passes them to ``from_pretrained``,
+        e.g. a bitsandbytes ``quantization_config``); the safetensors layout takes none.
+        """
         ...
 
 
@@ -87,7 +99,17 @@ class SafetensorsLayout:
         save_model(model, str(Path(out_dir) / WEIGHTS_FILE))
         return {"weights_file": WEIGHTS_FILE}
 
-    def load(self, path: Path, manifest: Mapping[str, Any], config: Any, *, map_location: str) -> nn.Module:
+    def load(
+        self,
+        path: Path,
+        manifest: Mapping[str, Any],
+        config: Any,
+        *,
+        map_location: str,
+        load_options: Mapping[str, Any] | None = None,
+    ) -> nn.Module:
+        if load_options:
+            raise InputError(f"safetensors checkpoints take no load options, got {sorted(load_options)}")
         from safetensors import SafetensorError  # safetensors.torch imports torch
         from safetensors.torch import load_model
 
@@ -108,10 +130,10 @@ class HFLayout:
     The model object is duck-typed. Saving calls ``model.save_pretrained(hf/)``; a model
     carrying a peft adapter (it has ``peft_config``) saves the adapter with
     ``model.save_pretrained(adapter/)`` and its base model with
-    ``model.get_base_model().save_pretrained(hf/)``. The tokenizer lands in ``hf/`` through
-    the family's codec, the image preprocessor config through the model object's own
-    ``save_pretrained`` (a processor-carrying wrapper). Loading calls the family's
-    ``load_pretrained(hf_dir)`` (e.g. a model class's ``from_pretrained``) and, for a
+    ``model.get_base_model().save_pretrained(hf/)``. The tokenizer lands in ``tokenizer/``
+    through the family's codec. Loading calls the family's
+    ``load_pretrained(hf_dir, config, **load_options)`` (e.g. a wrapper around a model class's
+    ``from_pretrained``; ``load_options`` such as a ``quantization_config``) and, for a
     manifest that names an adapter, ``load_adapter(model, adapter_dir)`` (e.g.
     ``peft.PeftModel.from_pretrained``); the family module imports transformers/peft
     only inside those callables.
@@ -122,8 +144,9 @@ class HFLayout:
     ADAPTER_FILE: ClassVar[str] = "adapter_config.json"  # what peft's save_pretrained always writes
 
     def __init__(
-        self, load_pretrained: Callable[[Path], Any], load_adapter: Callable[[Any, Path], Any] | None = None
+        self, load_pretrained: Callable[..., Any], load_adapter: Callable[[Any, Path], Any] | None = None
     ) -> None:
+        """load_pretrained(hf_dir, config, **load_options) -> model; load_adapter(model, adapter_dir) -> model."""
         self.load_pretrained = load_pretrained
         self.load_adapter = load_adapter
 
@@ -138,7 +161,15 @@ class HFLayout:
         base.save_pretrained(out_dir / HF_DIR)
         return fields
 
-    def load(self, path: Path, manifest: Mapping[str, Any], config: Any, *, map_location: str) -> Any:
+    def load(
+        self,
+        path: Path,
+        manifest: Mapping[str, Any],
+        config: Any,
+        *,
+        map_location: str,
+        load_options: Mapping[str, Any] | None = None,
+    ) -> Any:
         path = Path(path)
         hf_dir = path / str(manifest.get("hf_dir", HF_DIR))
         if not (hf_dir / self.REQUIRED_FILE).is_file():
@@ -159,13 +190,15 @@ class HFLayout:
                 f"{manifest['family']!r} loads none; give its HFLayout a load_adapter"
             )
         try:
-            model = self.load_pretrained(hf_dir)
+            model = self.load_pretrained(hf_dir, config, **dict(load_options or {}))
             if adapter_dir is not None and self.load_adapter is not None:
                 model = self.load_adapter(model, adapter_dir)
         except VicapError:
             raise
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise InputError(f"cannot load the Hugging Face model in {hf_dir}: {exc}") from exc
+        if getattr(model, "keeps_device", False):  # quantized weights placed at load (bitsandbytes) must stay
+            return model.eval()
         return model.to(map_location).eval()
 
 
@@ -233,8 +266,13 @@ def _config_from_dict(config_cls: type, fields: dict[str, Any]) -> Any:
     return config
 
 
-def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
-    """Rebuild the model of checkpoint folder ``path`` through its family (eval mode), with codec and preprocessing."""
+def load_checkpoint(
+    path: Path, *, map_location: str | torch.device = "cpu", load_options: Mapping[str, Any] | None = None
+) -> LoadedCheckpoint:
+    """Rebuild the model of checkpoint folder ``path`` through its family (eval mode), with codec and preprocessing.
+
+    load_options go to the family's layout (see :meth:`CheckpointLayout.load`).
+    """
     path = Path(path)
     manifest = read_manifest(path)
     family_model = get_family(manifest["family"]).model
@@ -258,5 +296,5 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> 
     if vocab_size is not None and len(codec) != vocab_size:
         raise InputError(f"checkpoint {path}: {codec_file} has {len(codec)} tokens, config says {vocab_size}")
     preprocessing = manifest_preprocessing(manifest)
-    model = family_model.layout.load(path, manifest, config, map_location=str(map_location))
+    model = family_model.layout.load(path, manifest, config, map_location=str(map_location), load_options=load_options)
     return LoadedCheckpoint(model=model, codec=codec, preprocessing=preprocessing, manifest=manifest, path=path)

@@ -4,7 +4,8 @@ A codec is written once per checkpoint (and copied into every export) and named
 in the manifest by ``kind`` and ``file``; :data:`CODECS` maps each kind to its
 class ("module:Class", imported only when used), whose ``load(path)`` reads that
 file back. Implementations: ``vocab`` (:class:`vicap_jobs.data.vocab.Vocabulary`,
-the CNN+LSTM families); a Hugging Face tokenizer adapter joins with the HF families.
+the CNN+LSTM families) and ``hf-tokenizer`` (:class:`vicap_jobs.models.hf_codec.HFTokenizerCodec`,
+the vision-language families).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from vicap_jobs.plugins import load_plugins, resolve
 
 CODECS: dict[str, str] = {
     "vocab": "vicap_jobs.data.vocab:Vocabulary",
+    "hf-tokenizer": "vicap_jobs.models.hf_codec:HFTokenizerCodec",
 }
 
 

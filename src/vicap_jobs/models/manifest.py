@@ -35,7 +35,7 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"  # safetensors layout
 VOCAB_FILE = "vocab.json"  # the vocab codec's file
-HF_DIR = "hf"  # hf layout: save_pretrained output (model, tokenizer, preprocessor config)
+HF_DIR = "hf"  # hf layout: save_pretrained output of the model (its tokenizer is the codec folder)
 ADAPTER_DIR = "adapter"  # hf layout: optional peft adapter
 LAYOUTS = ("safetensors", "hf")
 

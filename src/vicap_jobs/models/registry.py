@@ -36,6 +36,11 @@ STEP_ENGINES: dict[str, str] = {
     "torch-bf16": "vicap_jobs.engines.torch_engine:TorchBF16Engine",
 }
 LSTM_TRAINER = "vicap_jobs.training.lstm:train_lstm"
+# Engines and trainer of the vision-language families (local Hugging Face folders).
+PRETRAINED_ENGINES: dict[str, str] = {
+    "torch": "vicap_jobs.engines.torch_engine:TorchEngine",
+}
+PRETRAINED_TRAINER = "vicap_jobs.training.pretrained:train_pretrained"
 
 
 class UnknownEngineError(UnknownNameError):
@@ -138,6 +143,13 @@ FAMILIES: dict[str, FamilySpec] = {
             STEP_ENGINES,
             exports=("onnx",),
             trainer=LSTM_TRAINER,
+        ),
+        FamilySpec(
+            "blip",
+            "vicap_jobs.models.blip",
+            "BLIP fine-tuned with a tokenizer that keeps Vietnamese diacritics (--base-model DIR).",
+            PRETRAINED_ENGINES,
+            trainer=PRETRAINED_TRAINER,
         ),
     )
 }

@@ -47,7 +47,7 @@ class CaptionBatch:
     image_row: Tensor  # (B,) long: which row of the image rows passed in feeds each caption
     tokens_in: Tensor  # (B, T) long: [BOS, w1..wn, PAD..]
     targets: Tensor  # (B, T) long: [w1..wn, EOS, PAD..]
-    mask: Tensor  # (B, T) bool: True where targets is not PAD
+    mask: Tensor  # (B, T) bool: True up to and including each caption's EOS (PAD may equal EOS: GPT-2)
 
     @property
     def n_tokens(self) -> int:
@@ -93,16 +93,17 @@ def collate(sequences: Sequence[Sequence[int]], image_row: Sequence[int], *, pad
         padded[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
     tokens_in = padded[:, :-1].clone()  # (B, T)
     targets = padded[:, 1:].clone()  # (B, T)
-    # A PAD target is never scored; positions after EOS have PAD inputs too.
+    # Targets past a caption's EOS are never scored (counted by length: a tokenizer may pad with EOS).
+    lengths = torch.as_tensor([len(seq) - 1 for seq in sequences], dtype=torch.long)  # (B,)
     return CaptionBatch(
         image_row=torch.as_tensor(list(image_row), dtype=torch.long),
         tokens_in=tokens_in,
         targets=targets,
-        mask=targets != pad_id,
+        mask=torch.arange(longest - 1).unsqueeze(0) < lengths.unsqueeze(1),  # (B, T)
     )
 
 
-def batch_for_images(encoded: EncodedCaptions, rows: Sequence[int]) -> CaptionBatch:
+def batch_for_images(encoded: EncodedCaptions, rows: Sequence[int], *, pad_id: int = PAD_ID) -> CaptionBatch:
     """All captions of images ``rows``; ``batch.image_row`` indexes into ``rows`` (0..len(rows)-1)."""
     sequences: list[list[int]] = []
     local_row: list[int] = []
@@ -110,7 +111,7 @@ def batch_for_images(encoded: EncodedCaptions, rows: Sequence[int]) -> CaptionBa
         for caption in encoded.captions_of_image[row]:
             sequences.append(encoded.ids[caption])
             local_row.append(position)
-    return collate(sequences, local_row)
+    return collate(sequences, local_row, pad_id=pad_id)
 
 
 def batch_for_captions(encoded: EncodedCaptions, captions: Sequence[int]) -> tuple[list[int], CaptionBatch]:

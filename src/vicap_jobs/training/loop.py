@@ -40,6 +40,7 @@ from vicap_jobs.data.text import Tokenization
 from vicap_jobs.errors import InputError, VicapError
 from vicap_jobs.metrics.scores import score_captions
 from vicap_jobs.models.codec import TextCodec
+from vicap_jobs.models.hf_codec import CODEC_DIR
 from vicap_jobs.models.manifest import (
     ADAPTER_DIR,
     HF_DIR,
@@ -54,7 +55,7 @@ from vicap_jobs.training.options import TrainOptions, TrainProgress, TrainResult
 log = logging.getLogger(__name__)
 
 FINAL_LR_FRACTION = 0.05  # the decay ends at lr * this
-CHECKPOINT_ENTRIES = frozenset({MANIFEST_FILE, WEIGHTS_FILE, VOCAB_FILE, HF_DIR, ADAPTER_DIR})
+CHECKPOINT_ENTRIES = frozenset({MANIFEST_FILE, WEIGHTS_FILE, VOCAB_FILE, HF_DIR, ADAPTER_DIR, CODEC_DIR})
 
 Schedule = torch.optim.lr_scheduler.LambdaLR
 

@@ -62,6 +62,15 @@ class TrainOptions:
     attention_dim: int | None = 64
     dropout: float | None = 0.0
     config_overrides: dict[str, Any] = field(default_factory=dict)  # any other config field (must exist)
+    # Vision-language families (training/pretrained.py): local Hugging Face folders, the tokenizer
+    # ("train": a byte-level BPE learned on the train captions; a folder: that tokenizer; None: the
+    # family's default) and gradient accumulation (micro-batches per optimizer step).
+    vision_model: str | None = None
+    text_model: str | None = None
+    base_model: str | None = None
+    tokenizer: str | None = None
+    tokenizer_vocab_size: int = 8000
+    grad_accum: int = 1
     decode_max_len: int = 24  # greedy decoding length for validation BLEU-4
     eval_batch_size: int = 64
     feature_batch_size: int = 32
@@ -89,10 +98,13 @@ class TrainOptions:
             "eval_batch_size",
             "feature_batch_size",
             "min_freq",
+            "grad_accum",
         )
         for name in positive:
             if getattr(self, name) < 1:
                 raise InputError(f"TrainOptions.{name} must be at least 1, got {getattr(self, name)}")
+        if self.tokenizer_vocab_size < 300:
+            raise InputError(f"TrainOptions.tokenizer_vocab_size must be at least 300, got {self.tokenizer_vocab_size}")
         if self.max_len < 3:
             raise InputError(f"TrainOptions.max_len must leave room for one word, <bos> and <eos>, got {self.max_len}")
         if not (self.lr > 0 and self.weight_decay >= 0 and self.grad_clip >= 0):

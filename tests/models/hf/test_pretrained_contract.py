@@ -1,0 +1,170 @@
+"""The vision-language family contract, checked on every family in ``recipes.RECIPES``.
+
+Per family (and config variant): tiny random pretrained folders are written with
+``save_pretrained``; the family is trained through ``train_pretrained`` (the code
+``vicap-jobs train`` runs) on a tiny colour set; the checkpoint is read back through
+``load_checkpoint`` / ``load_engine``. It must: lower the training loss; keep its
+tokenizer (diacritics intact) in the checkpoint; generate Vietnamese text with
+every engine its registry line lists; give identical generations after a second
+load; step-wise decoding must equal teacher forcing; a missing folder must be one
+line naming the option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests.models.hf.recipes import RECIPES, recipe_variants
+from tests.training.conftest import make_colour_set
+from vicap_jobs.data.images import load_rgb
+from vicap_jobs.data.samples import CaptionSample
+from vicap_jobs.engines import DecodeOptions, ModelArtifacts, load_engine
+from vicap_jobs.errors import WeightsMissingError
+from vicap_jobs.models.checkpoint import load_checkpoint
+from vicap_jobs.models.hf_codec import HFTokenizerCodec
+from vicap_jobs.models.pretrained import PretrainedCaptioner
+from vicap_jobs.models.registry import get_family
+from vicap_jobs.training.options import TrainOptions, TrainResult
+from vicap_jobs.training.pretrained import train_pretrained
+
+VARIANTS = recipe_variants()
+IDS = [f"{family}-{variant}" for family, variant in VARIANTS]
+VIETNAMESE_LETTERS = set("ảàáạãăắằẳẵặâấầẩẫậđèéẻẽẹêếềểễệìíỉĩịòóỏõọôốồổỗộơớờởỡợùúủũụưứừửữựỳýỷỹỵ")
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    family: str
+    result: TrainResult
+    samples: list[CaptionSample]
+
+    @property
+    def artifacts(self) -> ModelArtifacts:
+        return ModelArtifacts(self.result.out_dir)
+
+
+def tiny_options(inputs: dict[str, Any], overrides: dict[str, Any], **changes: Any) -> TrainOptions:
+    values: dict[str, Any] = dict(
+        epochs=4,
+        lr=3e-3,
+        batch_size=16,
+        warmup_steps=2,
+        tokenizer_vocab_size=300,
+        decode_max_len=8,
+        progress_bar=False,
+        max_len=12,
+    )
+    values.update(changes)
+    extra = dict(inputs.pop("config_overrides", {}))
+    return TrainOptions(**values, **inputs, config_overrides={**extra, **overrides})
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory: pytest.TempPathFactory) -> list[CaptionSample]:
+    return make_colour_set(tmp_path_factory.mktemp("colours"), 24)
+
+
+@pytest.fixture(scope="module", params=VARIANTS, ids=IDS)
+def trained(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, colours: list[CaptionSample]
+) -> Trained:
+    family, variant = request.param
+    recipe = RECIPES[family]
+    root = tmp_path_factory.mktemp(f"{family}-{variant}".replace(" ", "-"))
+    options = tiny_options(recipe.make(root / "pretrained"), recipe.variants[variant])
+    result = train_pretrained(
+        family=family,
+        options=options,
+        train=colours[:20],
+        val=colours[20:],
+        out_dir=root / "checkpoint",
+        cache_dir=root / "cache",
+        dataset_key="colours",
+    )
+    return Trained(family, result, colours)
+
+
+def images(trained: Trained, n: int = 4) -> list[Any]:
+    return [load_rgb(sample.image_path) for sample in trained.samples[:n]]
+
+
+def test_training_lowers_the_loss(trained: Trained) -> None:
+    history = trained.result.history
+    assert history[-1].train_loss < history[0].train_loss
+    assert trained.result.val_loss == min(h.val_loss for h in history)
+
+
+def test_checkpoint_holds_manifest_model_and_tokenizer(trained: Trained) -> None:
+    entries = {p.name for p in trained.result.out_dir.iterdir()}
+    assert {"config.json", "hf", "tokenizer"} <= entries
+    loaded = load_checkpoint(trained.result.out_dir)
+    assert isinstance(loaded.model, PretrainedCaptioner) and not loaded.model.training
+    assert isinstance(loaded.codec, HFTokenizerCodec)
+    assert loaded.manifest["family"] == trained.family and loaded.manifest["layout"] == "hf"
+    assert loaded.codec.round_trips("Mỹ Tho: những cầu thủ đá bóng ở sân vận động")  # unseen "ỹ" too
+
+
+def test_every_engine_writes_vietnamese(trained: Trained) -> None:
+    spec = get_family(trained.family)
+    for name in spec.engine_names:
+        captions = load_engine(name, trained.artifacts, decode=DecodeOptions(beam_size=2, max_len=8)).caption(
+            images(trained)
+        )
+        assert len(captions) == 4 and all(captions), name
+        assert any(set(caption) & VIETNAMESE_LETTERS for caption in captions), (name, captions)
+
+
+def test_a_second_load_gives_identical_generations(trained: Trained) -> None:
+    decode = DecodeOptions(beam_size=3, max_len=8)
+    first = load_engine("torch", trained.artifacts, decode=decode).caption(images(trained))
+    second = load_engine("torch", trained.artifacts, decode=decode).caption(images(trained))
+    assert first == second
+
+
+def test_step_by_step_logits_equal_teacher_forcing(trained: Trained) -> None:
+    loaded = load_checkpoint(trained.result.out_dir)
+    model, codec = loaded.model, loaded.codec
+    pixels = torch.from_numpy(loaded.preprocessing.apply(images(trained, 2)))
+    tokens = torch.tensor([codec.encode_caption("một bức ảnh màu đỏ")[:5]] * 2)  # (2, 5)
+    with torch.no_grad():
+        features = model.extract_features(pixels)
+        forced = model(features, tokens)  # (2, 5, V)
+        state = model.start(features)
+        stepped = []
+        for t in range(tokens.shape[1]):
+            logits, state = model.step(tokens[:, t], state)
+            stepped.append(logits)
+    torch.testing.assert_close(torch.stack(stepped, dim=1), forced.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_engines_preprocess_by_the_checkpoint_policy(trained: Trained) -> None:
+    policy = load_checkpoint(trained.result.out_dir).preprocessing
+    engine = load_engine("torch", trained.artifacts)
+    assert engine.preprocessing == policy
+    np.testing.assert_array_equal(engine.preprocess(images(trained, 2)), policy.apply(images(trained, 2)))
+
+
+@pytest.mark.parametrize("family", list(RECIPES))
+def test_a_missing_pretrained_folder_is_one_line(family: str, tmp_path: Path, colours: list[CaptionSample]) -> None:
+    recipe = RECIPES[family]
+    inputs = recipe.make(tmp_path / "pretrained")
+    inputs[recipe.missing_option] = str(tmp_path / "nowhere")
+    with pytest.raises(WeightsMissingError) as info:
+        train_pretrained(
+            family=family,
+            options=tiny_options(inputs, {}),
+            train=colours[:4],
+            val=colours[4:6],
+            out_dir=tmp_path / "out",
+            cache_dir=tmp_path / "cache",
+            dataset_key="colours",
+        )
+    message = str(info.value)
+    assert "\n" not in message and "nowhere does not exist" in message
+    assert "--" + recipe.missing_option.replace("_", "-") in message
