@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 
 from vicap_jobs.cli import choices
 from vicap_jobs.cli.common import console, err_console, open_store
-from vicap_jobs.cli.train_options import options_from_cli, train_arguments
+from vicap_jobs.cli.train_options import describe_inputs, options_from_cli, train_arguments
 from vicap_jobs.cli.waiting import LocalWorker, wait_for_job
 from vicap_jobs.jobs.queries import JobSummary
 from vicap_jobs.services.captioning import create_caption_job
@@ -127,6 +127,8 @@ def train(gpu: int | None, wait: bool, **values: Any) -> None:
     \b
         vicap-jobs submit train synth-attn --family cnn-lstm-attn --backbone tiny --dataset viic-synth --epochs 12 --wait
         vicap-jobs submit train uit-dn201 --family cnn-lstm-attn --backbone densenet201 --dataset uitviic --gpu 0
+        vicap-jobs submit train uit-blip --family blip --base-model ~/hf/blip-image-captioning-base \\
+            --dataset uitviic --lr 5e-5 --batch-size 16 --gpu 0
     """
 
     name, family, dataset, options = options_from_cli(values)
@@ -135,7 +137,9 @@ def train(gpu: int | None, wait: bool, **values: Any) -> None:
     _, db = open_store()
     job_id = create_train_job(db=db, name=name, family=family, dataset=dataset, options=options, gpu=gpu)
     queue, _ = _publish(db, job_id)
-    console.print(f"job {job_id} queued: train {name} ({family} / {options['backbone']} on {dataset}) on queue {queue}")
+    console.print(
+        f"job {job_id} queued: train {name} ({family} / {describe_inputs(options)} on {dataset}) on queue {queue}"
+    )
     _follow(db, job_id, gpu=gpu, wait=wait, unit="epochs")
 
 

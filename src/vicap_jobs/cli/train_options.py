@@ -1,14 +1,59 @@
-"""Training options shared by ``vicap-jobs train`` and ``vicap-jobs submit train``."""
+"""Training options shared by ``vicap-jobs train`` and ``vicap-jobs submit train``.
+
+Two kinds of family take different inputs: the CNN+LSTM families a torchvision
+backbone (``--backbone``, ``--pretrained`` / ``--random-init`` / ``--backbone-weights``,
+``--image-size``), the vision-language families local Hugging Face folders
+(``--vision-model`` / ``--text-model`` or ``--base-model``, as the family's registry
+line lists them), a tokenizer (``--tokenizer DIR|train``) and family options
+(``--set key=value``). An option of the other kind is a usage error naming it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from vicap_jobs.cli import choices
+from vicap_jobs.models.registry import get_family
+
+FOLDER = click.Path(path_type=Path, file_okay=False)
+# CLI flag of each pretrained-folder option (TrainOptions field → flag).
+FOLDER_FLAGS = {"vision_model": "--vision-model", "text_model": "--text-model", "base_model": "--base-model"}
+# Options only the backbone (CNN+LSTM) families read, by click parameter name.
+BACKBONE_ONLY = {
+    "backbone": "--backbone",
+    "image_size": "--image-size",
+    "min_freq": "--min-freq",
+    "tokenization": "--tokenization",
+    "backbone_weights": "--backbone-weights",
+    "weights": "--pretrained/--random-init",
+}
+PRETRAINED_ONLY = {
+    **FOLDER_FLAGS,
+    "tokenizer": "--tokenizer",
+    "tokenizer_vocab_size": "--tokenizer-vocab-size",
+    "settings": "--set",
+}
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """``key=value`` → (key, value): JSON when it parses (true, 8, 1e-4, ["a"]), a comma list → list, else text."""
+    key, sep, raw = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key.isidentifier():
+        raise click.BadParameter(f"expected key=value, got {text!r}", param_hint="--set")
+    raw = raw.strip()
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        pass
+    if "," in raw:
+        return key, [part.strip() for part in raw.split(",") if part.strip()]
+    return key, raw
 
 
 def train_arguments(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -16,12 +61,32 @@ def train_arguments(command: Callable[..., Any]) -> Callable[..., Any]:
     decorators = [
         click.argument("name"),
         click.option("--family", type=choices.FAMILY, required=True, help="Model family from the registry."),
-        click.option("--backbone", type=choices.BACKBONE, default="tiny", show_default=True),
         click.option("--dataset", required=True, help="Data set name (train split trains, val split early-stops)."),
+        click.option(
+            "--backbone", type=choices.BACKBONE, default=None, help="CNN+LSTM families: CNN backbone [default: tiny]."
+        ),
         click.option(
             "--image-size",
             type=click.IntRange(32, 1024),
-            help="Input side in pixels (default 96 for tiny, 224 otherwise).",
+            help="CNN+LSTM families: input side in pixels (default 96 for tiny, 224 otherwise).",
+        ),
+        click.option(
+            "--vision-model", type=FOLDER, help="clipcap, vit-seq2seq: local image encoder folder (CLIP / ViT)."
+        ),
+        click.option("--text-model", type=FOLDER, help="clipcap, vit-seq2seq: local Vietnamese decoder folder."),
+        click.option("--base-model", type=FOLDER, help="blip, blip2-lora: local pretrained model folder."),
+        click.option(
+            "--tokenizer",
+            help="Vision-language families: 'train' (byte-level BPE on the train captions) or a local tokenizer folder.",
+        ),
+        click.option("--tokenizer-vocab-size", type=click.IntRange(300), help="Size of a trained tokenizer (8000)."),
+        click.option(
+            "--set",
+            "settings",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Family option, repeatable (e.g. mapping_type=transformer, prefix_length=10, lora_r=8, "
+            "lora_targets=q_proj,v_proj, freeze_text=true).",
         ),
         click.option("--epochs", type=click.IntRange(1), help="Maximum epochs (early stopping may end sooner)."),
         click.option(
@@ -30,6 +95,7 @@ def train_arguments(command: Callable[..., Any]) -> Callable[..., Any]:
             help="AdamW peak learning rate (default 2e-3; the seed study tried 1e-3, 5e-4, 1e-4).",
         ),
         click.option("--batch-size", type=click.IntRange(1), help="Captions per optimizer step (default 32)."),
+        click.option("--grad-accum", type=click.IntRange(1), help="Micro-batches per optimizer step (default 1)."),
         click.option("--label-smoothing", type=click.FloatRange(0, 0.5), help="Cross-entropy label smoothing."),
         click.option("--patience", type=click.IntRange(1), help="Epochs without improvement before stopping."),
         click.option("--early-stop-on", type=choices.EARLY_STOP_ON, help="Early-stopping metric."),
@@ -53,7 +119,8 @@ def train_arguments(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--finetune-backbone/--frozen-backbone",
             default=None,
-            help="Default: frozen (features cached once) with pretrained weights; fine-tuned with --random-init.",
+            help="Train the image encoder or freeze it (features cached once). Default: CNN+LSTM frozen with "
+            "pretrained weights, fine-tuned with --random-init; vision-language families: the family's default.",
         ),
         click.option("--device", default=None, help="cpu, cuda, cuda:N (default cpu)."),
     ]
@@ -62,10 +129,50 @@ def train_arguments(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def _refuse(values: dict[str, Any], flags: dict[str, str], family: str, kind: str) -> None:
+    given = [flag for key, flag in flags.items() if values.get(key) not in (None, (), [])]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} not for {kind} {family}")
+
+
 def options_from_cli(values: dict[str, Any]) -> tuple[str, str, str, dict[str, Any]]:
     """(name, family, dataset, TrainOptions values) from the parsed click parameters."""
     name, family, dataset = values.pop("name"), values.pop("family"), values.pop("dataset")
-    backbone = values["backbone"]
+    spec = get_family(family)
+    if spec.pretrained:
+        _refuse(values, BACKBONE_ONLY, family, "the vision-language family")
+        return name, family, dataset, _pretrained_options(values, spec.inputs, family)
+    _refuse(values, PRETRAINED_ONLY, family, "the backbone family")
+    for key in (*PRETRAINED_ONLY, "grad_accum"):
+        values.pop(key, None)
+    return name, family, dataset, _backbone_options(values)
+
+
+def _pretrained_options(values: dict[str, Any], inputs: Iterable[str], family: str) -> dict[str, Any]:
+    """Folders (absolute), tokenizer, ``--set`` overrides and the freeze flag of a vision-language family."""
+    for key in BACKBONE_ONLY:
+        values.pop(key, None)
+    inputs = tuple(inputs)
+    wrong = [flag for key, flag in FOLDER_FLAGS.items() if values.get(key) is not None and key not in inputs]
+    missing = [FOLDER_FLAGS[key] for key in inputs if values.get(key) is None]
+    if wrong or missing:
+        takes = " and ".join(FOLDER_FLAGS[key] for key in inputs)
+        raise click.UsageError(f"model family {family} takes {takes} DIR")
+    overrides = dict(parse_setting(text) for text in values.pop("settings", ()) or ())
+    finetune = values.pop("finetune_backbone", None)
+    if finetune is not None:
+        overrides["freeze_vision"] = not finetune
+    options: dict[str, Any] = {k: v for k, v in values.items() if v is not None and k not in FOLDER_FLAGS}
+    for key in inputs:
+        options[key] = str(Path(values[key]).expanduser().resolve())
+    if overrides:
+        options["config_overrides"] = overrides
+    return options
+
+
+def _backbone_options(values: dict[str, Any]) -> dict[str, Any]:
+    """Backbone, weights, freeze flag and image size of a CNN+LSTM family."""
+    backbone = values["backbone"] = values.get("backbone") or "tiny"
     local, flag = values.pop("backbone_weights", None), values.pop("weights", None)
     if local is not None and flag is not None:
         other = "--pretrained" if flag == "pretrained" else "--random-init"
@@ -82,4 +189,10 @@ def options_from_cli(values: dict[str, Any]) -> tuple[str, str, str, dict[str, A
     options["backbone_weights"] = str(weights) if isinstance(weights, Path) else weights
     options["finetune_backbone"] = finetune
     options.setdefault("image_size", 96 if backbone == "tiny" else 224)
-    return name, family, dataset, options
+    return options
+
+
+def describe_inputs(options: dict[str, Any]) -> str:
+    """What the model is built from, for one-line messages: the backbone or the pretrained folders' names."""
+    folders = [Path(options[key]).name for key in FOLDER_FLAGS if options.get(key)]
+    return " + ".join(folders) if folders else str(options.get("backbone", "tiny"))

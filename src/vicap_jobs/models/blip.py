@@ -32,9 +32,7 @@ from vicap_jobs.errors import InputError
 from vicap_jobs.models.checkpoint import HFLayout
 from vicap_jobs.models.hf_codec import HFTokenizerCodec
 from vicap_jobs.models.pretrained import PretrainedCaptioner, from_local, pretrained_dir, reset_embeddings
-from vicap_jobs.models.registry import ModelFamily
-
-MODEL_IDS = "Salesforce/blip-image-captioning-base (or -large)"
+from vicap_jobs.models.registry import ModelFamily, get_family
 
 
 @dataclass
@@ -113,7 +111,8 @@ def build(config: BlipCaptionConfig, *, codec: HFTokenizerCodec) -> BlipCaptione
     """BLIP from the local base model folder, its text side sized to ``codec``."""
     from transformers import BlipForConditionalGeneration  # transformers: only where a BLIP is built
 
-    folder = pretrained_dir(config.base_model, what="BLIP base model", option="--base-model", model_ids=MODEL_IDS)
+    model_ids = get_family("blip").inputs["base_model"]
+    folder = pretrained_dir(config.base_model, what="BLIP base model", option="--base-model", model_ids=model_ids)
     hf = from_local(BlipForConditionalGeneration.from_pretrained, folder, what="BLIP base model")
     if not hasattr(hf, "text_decoder"):
         raise InputError(f"{folder} is not a BLIP captioning model (BlipForConditionalGeneration)")

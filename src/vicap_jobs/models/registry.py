@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vicap_jobs.errors import InputError, UnknownNameError
@@ -77,6 +77,10 @@ class FamilySpec:
     engines: Mapping[str, str]  # engine name → "module:Class"; the first is the default
     exports: tuple[str, ...] = ()  # export formats (vicap_jobs.export.EXPORTERS) this family supports
     trainer: str | None = None  # "module:function" called as function(family=name, options=..., ...)
+    # Local pretrained folders the family is built from: TrainOptions field ("vision_model",
+    # "text_model", "base_model") → the Hugging Face model ids a user would download elsewhere.
+    # Empty for families trained from scratch or from torchvision backbones.
+    inputs: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.engines:
@@ -86,6 +90,11 @@ class FamilySpec:
     def engine_names(self) -> tuple[str, ...]:
         """This family's engines, the default first."""
         return tuple(self.engines)
+
+    @property
+    def pretrained(self) -> bool:
+        """True for families built from local pretrained folders (the vision-language ones)."""
+        return bool(self.inputs)
 
     @property
     def default_engine(self) -> str:
@@ -150,6 +159,7 @@ FAMILIES: dict[str, FamilySpec] = {
             "BLIP fine-tuned with a tokenizer that keeps Vietnamese diacritics (--base-model DIR).",
             PRETRAINED_ENGINES,
             trainer=PRETRAINED_TRAINER,
+            inputs={"base_model": "Salesforce/blip-image-captioning-base (or -large)"},
         ),
     )
 }

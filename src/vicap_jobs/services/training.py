@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from vicap_jobs.errors import InputError
 from vicap_jobs.jobs.context import RunContext
 from vicap_jobs.jobs.lifecycle import attach_model, create_job
 from vicap_jobs.jobs.params import TrainParams
+from vicap_jobs.models.manifest import read_manifest
 from vicap_jobs.models.registry import get_family
 from vicap_jobs.services.datasets import get_dataset, load_samples
 from vicap_jobs.services.models import ensure_name_free, register_model
@@ -51,10 +53,15 @@ def create_train_job(
     *, db: Engine, name: str, family: str, dataset: str, options: dict[str, Any], gpu: int | None = None
 ) -> int:
     """A queued train job, validated now (family, data set, options, free model name)."""
-    get_family(family)
+    spec = get_family(family)
     ds = get_dataset(db=db, name=dataset)
     ensure_name_free(db=db, name=name)
     parsed = train_options(options)
+    if spec.pretrained:
+        # Imports torch: only a vision-language train job checks its folders and family options now.
+        from vicap_jobs.training.pretrained import check_pretrained_options
+
+        check_pretrained_options(family, parsed)
     params = TrainParams(name=name, family=family, dataset=ds.name, options=_jsonable(dataclasses.asdict(parsed)))
     with session_scope(db) as session:
         return create_job(session=session, kind="train", params=params, dataset_id=ds.id, total=parsed.epochs, gpu=gpu)
@@ -89,16 +96,18 @@ def run_training(ctx: RunContext) -> str:
             f"val BLEU-4 {100 * p.val_bleu4:.1f}",
         ),
     )
+    spec = get_family(params.family)
+    manifest = read_manifest(out_dir)
     model_id = register_model(
         db=ctx.db,
         name=params.name,
         family=params.family,
-        backbone=options.backbone,
+        backbone=_built_from(spec.inputs, options) if spec.pretrained else options.backbone,
         artifact_dir=str(out_dir),
         hyperparameters=params.options,
         vocabulary=str(result.codec_file),
-        tokenization=options.tokenization,
-        image_size=options.image_size,
+        tokenization=str(manifest.get("tokenization") or options.tokenization),
+        image_size=int(manifest.get("image_size") or options.image_size),
         dataset_id=ctx.job.dataset_id,
         trained_by_job_id=ctx.job_id,
     )
@@ -121,6 +130,11 @@ def _ensure_still_free(db: Engine, name: str, job_id: int) -> None:
             f"a model named {name!r} was registered after this job was submitted (by job {row.trained_by_job_id}); "
             "resubmit with another name"
         )
+
+
+def _built_from(inputs: Iterable[str], options: TrainOptions) -> str:
+    """The pretrained folders' names ("clip-vit-base-patch32 + gpt2-vietnamese"): the models row's backbone."""
+    return " + ".join(Path(str(getattr(options, name))).name for name in inputs if getattr(options, name))
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ BLEU-4 uses the same greedy search as every engine.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,7 +45,7 @@ from vicap_jobs.errors import InputError, VicapError
 from vicap_jobs.models.checkpoint import save_checkpoint
 from vicap_jobs.models.decoding import ban_tokens, greedy_decode
 from vicap_jobs.models.hf_codec import HFTokenizerCodec, check_keeps_text, load_tokenizer, train_caption_tokenizer
-from vicap_jobs.models.pretrained import PretrainedCaptioner
+from vicap_jobs.models.pretrained import PretrainedCaptioner, pretrained_dir
 from vicap_jobs.models.registry import get_family
 from vicap_jobs.training.batches import CaptionBatch, EncodedCaptions, batch_for_images, index_batches
 from vicap_jobs.training.features import FeatureKey, cached_features, load_pixels, module_digest
@@ -279,8 +280,6 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
 
 def _check_inputs(config_cls: type, options: TrainOptions, family: str) -> dict[str, str]:
     """The pretrained folders given, refusing one this family does not take (one line naming the right ones)."""
-    import dataclasses
-
     fields = {f.name for f in dataclasses.fields(config_cls)}
     given = {name: str(getattr(options, name)) for name in PRETRAINED_INPUTS if getattr(options, name)}
     takes = [flag for name, flag in PRETRAINED_INPUTS.items() if name in fields]
@@ -288,6 +287,25 @@ def _check_inputs(config_cls: type, options: TrainOptions, family: str) -> dict[
     if wrong:
         raise InputError(f"model family {family!r} takes {' and '.join(takes)}, not {', '.join(wrong)}")
     return given
+
+
+def check_pretrained_options(family: str, options: TrainOptions) -> Any:
+    """Validate a run before it is queued: options, ``--set`` fields, and every pretrained folder on disk.
+
+    Returns the family's config. Raises the one-line errors a run would raise later
+    (unknown config field, missing folder naming the option and the model ids to fetch).
+    """
+    spec = get_family(family)
+    options.validate()
+    inputs = _check_inputs(spec.config_cls, options, family)
+    for name, hint in spec.inputs.items():
+        pretrained_dir(
+            inputs.get(name), what=f"{family} {name.replace('_', ' ')}", option=PRETRAINED_INPUTS[name], model_ids=hint
+        )
+    config = config_from_options(spec.config_cls, options, **inputs)
+    if hasattr(config, "validate"):
+        config.validate()
+    return config
 
 
 def train_pretrained(
@@ -313,11 +331,8 @@ def train_pretrained(
     check_out_dir(out_dir)
     device = torch_device(options.device)
     family_model = spec.model
-    inputs = _check_inputs(family_model.config_cls, options, family)
+    config = check_pretrained_options(family, options)
     with deterministic(options.seed):
-        config = config_from_options(family_model.config_cls, options, **inputs)
-        if hasattr(config, "validate"):
-            config.validate()
         codec = make_codec(config, options, train)
         model = spec.build(config, codec=codec).to(device)
         train_split, val_split = _Split(train, codec, options.max_len), _Split(val, codec, options.max_len)
