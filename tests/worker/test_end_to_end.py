@@ -64,3 +64,37 @@ def test_synth_train_export_caption_evaluate_beats_the_blind_baseline(
     shown = dep.cli("scores", "--dataset", DATASET).stdout
     assert MODEL in shown and "yes" in shown, shown
     assert "no worker is running" not in train.stderr + evaluated.stderr  # the started worker did the work
+
+
+@pytest.mark.redis
+def test_tiny_blip_through_the_queue_trains_captions_in_int8_and_is_scored(
+    make_deployment, tmp_path: Path, private_redis
+) -> None:
+    """``submit train`` a tiny BLIP → ``submit caption --dir --engine int8`` → ``submit evaluate`` → ``scores``."""
+    from tests.models.hf.tiny_hf import tiny_blip
+
+    dep: Deployment = make_deployment(None, private_redis.url)
+    dep.cli("dataset", "synth", DATASET, "--images", "120", "--size", "32", "--seed", "0")
+    base = tiny_blip(tmp_path / "blip-base")
+    dep.start_worker("--cpu")
+    dep.wait_for(lambda: bool(live_workers(db=dep.db, within_s=5)), timeout=60, what="the worker's heartbeat")
+
+    train = dep.cli(
+        "submit", "train", "e2e-blip", "--family", "blip", "--base-model", str(base), "--dataset", DATASET,
+        "--epochs", "4", "--lr", "3e-3", "--batch-size", "16", "--tokenizer-vocab-size", "300", "--wait",
+        timeout=600,
+    )  # fmt: skip
+    assert f"job {job_id_of(train.stdout)} succeeded" in train.stdout, train.stdout + dep.worker_logs()
+
+    test_images = dep.home / "datasets" / DATASET / "images" / "test"
+    n_test = sum(1 for _ in test_images.iterdir())
+    captioned = dep.cli(
+        "submit", "caption", "--dir", str(test_images), "--model", "e2e-blip", "--engine", "int8", "--wait"
+    )  # fmt: skip
+    assert f"{n_test} captioned, 0 failed" in captioned.stdout, captioned.stdout + dep.worker_logs()
+    assert dep.job(job_id_of(captioned.stdout)).params["engine"] == "int8"
+
+    evaluated = dep.cli("submit", "evaluate", "--model", "e2e-blip", "--dataset", DATASET, "--split", "test", "--wait")
+    assert "succeeded" in evaluated.stdout, evaluated.stdout + dep.worker_logs()
+    shown = dep.cli("scores", "--dataset", DATASET).stdout
+    assert "e2e-blip" in shown and "baseline" in shown.lower(), shown

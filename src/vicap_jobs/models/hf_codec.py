@@ -41,6 +41,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
+# torchao (imported by transformers when installed) registers two Enums with torch's pytree, which
+# warns about a deprecation on every import: noise on every command that loads a tokenizer or model.
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 CODEC_KIND = "hf-tokenizer"
 CODEC_DIR = "tokenizer"  # the codec's folder inside a checkpoint
