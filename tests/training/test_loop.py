@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from vicap_jobs.data.vocab import Vocabulary
 from vicap_jobs.errors import InputError
+from vicap_jobs.metrics.scores import CaptionScores
 from vicap_jobs.models.manifest import FORMAT_VERSION, read_manifest, write_manifest
 from vicap_jobs.training.loop import (
     FINAL_LR_FRACTION,
@@ -42,9 +43,9 @@ class ScriptedTrainer:
             bar.update(1)
         return loss.item()
 
-    def evaluate(self) -> tuple[float, float]:
+    def evaluate(self) -> tuple[float, CaptionScores]:
         loss = self.val_losses.pop(0)
-        return loss, 1.0 / loss
+        return loss, CaptionScores(1.0, 1.0, 1.0, 1.0 / loss, 0.5 / loss, n_images=3, tokenization="syllable")
 
     def save(self, out_dir: Path, meta: dict[str, Any]) -> None:
         out_dir.mkdir(parents=True)
@@ -80,6 +81,8 @@ def test_a_second_trainer_gets_early_stopping_best_checkpoint_and_progress(tmp_p
     assert manifest["weight"] == trainer.saved_weights[1]  # epoch 2's weights, saved again with the full story
     assert manifest["weight"] == trainer.saved_weights[-1] and manifest["meta"]["epochs_run"] == 4
     assert manifest["meta"]["stopped_early"] and manifest["meta"]["best_epoch"] == 2
+    assert result.val_rouge_l == manifest["meta"]["val_rouge_l"] == 0.25  # the best epoch's ROUGE-L (0.5 / 2.0)
+    assert [h["val_rouge_l"] for h in manifest["meta"]["history"]] == [0.5 / loss for loss in (3.0, 2.0, 2.5, 2.6)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 

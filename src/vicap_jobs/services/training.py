@@ -93,7 +93,7 @@ def run_training(ctx: RunContext) -> str:
             done=p.epoch,
             total=p.epochs,
             message=f"epoch {p.epoch}/{p.epochs} train loss {p.train_loss:.3f} val loss {p.val_loss:.3f} "
-            f"val BLEU-4 {100 * p.val_bleu4:.1f}",
+            f"val BLEU-4 {100 * p.val_bleu4:.1f} ROUGE-L {100 * p.val_rouge_l:.1f}",
         ),
     )
     spec = get_family(params.family)
@@ -113,7 +113,10 @@ def run_training(ctx: RunContext) -> str:
     )
     with session_scope(ctx.db) as session:
         attach_model(session=session, job_id=ctx.job_id, model_id=model_id)
-    return f"best epoch {result.best_epoch}, val BLEU-4 {100 * result.val_bleu4:.1f}, {result.seconds:.0f}s"
+    return (
+        f"best epoch {result.best_epoch}, val BLEU-4 {100 * result.val_bleu4:.1f} "
+        f"ROUGE-L {100 * result.val_rouge_l:.1f}, {result.seconds:.0f}s"
+    )
 
 
 def train_in_process(*, db: Engine, job_id: int) -> JobOutcome:

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from vicap_jobs.data.samples import CaptionSample
 from vicap_jobs.data.text import Tokenization
 from vicap_jobs.errors import InputError, VicapError
-from vicap_jobs.metrics.scores import score_captions
+from vicap_jobs.metrics.scores import CaptionScores, score_captions
 from vicap_jobs.models.codec import TextCodec
 from vicap_jobs.models.hf_codec import CODEC_DIR
 from vicap_jobs.models.manifest import (
@@ -90,8 +90,8 @@ class EpochTrainer(Protocol):
         """One pass over the train split (``optimizer_step`` per batch, ``bar.update(1)``); mean loss per target."""
         ...
 
-    def evaluate(self) -> tuple[float, float]:
-        """Validation loss per target token (no smoothing) and BLEU-4 (0..1) of greedy captions."""
+    def evaluate(self) -> tuple[float, CaptionScores]:
+        """Validation loss per target token (no smoothing) and the scores of greedy captions (our metrics)."""
         ...
 
     def save(self, out_dir: Path, meta: dict[str, Any]) -> None:
@@ -176,12 +176,12 @@ def optimizer_step(
     schedule.step()
 
 
-def validation_bleu4(
+def validation_scores(
     predictions: dict[int, str], samples: Sequence[CaptionSample], tokenization: Tokenization
-) -> float:
-    """Corpus BLEU-4 (0..1) of ``predictions`` (image id → caption) against the samples' references."""
+) -> CaptionScores:
+    """Corpus BLEU-1..4 / ROUGE-L (0..1) of ``predictions`` (image id → caption) against the samples' references."""
     references = {sample.image_id: list(sample.captions) for sample in samples}
-    return score_captions(predictions, references, tokenization=tokenization).bleu_4
+    return score_captions(predictions, references, tokenization=tokenization)
 
 
 def save_best(out_dir: Path, save: Callable[[Path], object]) -> None:
@@ -231,7 +231,8 @@ def run_epochs(
             bar.set_description(f"train {family} epoch {epoch}/{options.epochs}")
             train_loss = trainer.train_epoch(optimizer, schedule, bar)
             step += trainer.steps_per_epoch
-            val_loss, val_bleu4 = trainer.evaluate()
+            val_loss, val_scores = trainer.evaluate()
+            val_bleu4 = val_scores.bleu_4
             score = val_bleu4 if higher_is_better else -val_loss
             improved = score > best_score
             if improved:
@@ -247,19 +248,21 @@ def run_epochs(
                 train_loss=train_loss,
                 val_loss=val_loss,
                 val_bleu4=val_bleu4,
+                val_rouge_l=val_scores.rouge_l,
                 elapsed=time.perf_counter() - started,
                 best_epoch=best_epoch,
                 improved=improved,
             )
             history.append(progress)
             log.info(
-                "%s epoch %d/%d: train_loss %.4f, val_loss %.4f, val_bleu4 %.4f%s (%.1f s)",
+                "%s epoch %d/%d: train_loss %.4f, val_loss %.4f, val_bleu4 %.4f, val_rouge_l %.4f%s (%.1f s)",
                 family,
                 epoch,
                 options.epochs,
                 train_loss,
                 val_loss,
                 val_bleu4,
+                val_scores.rouge_l,
                 " (best)" if improved else "",
                 progress.elapsed,
             )
@@ -292,6 +295,7 @@ def run_epochs(
         best_epoch=best_epoch,
         val_loss=best.val_loss,
         val_bleu4=best.val_bleu4,
+        val_rouge_l=best.val_rouge_l,
         history=history,
         vocab_size=len(trainer.codec),
         seconds=time.perf_counter() - started,
@@ -318,13 +322,20 @@ def _meta(
         "best_epoch": best_epoch,
         "val_loss": best.val_loss,
         "val_bleu4": best.val_bleu4,
+        "val_rouge_l": best.val_rouge_l,
         "early_stop_on": options.early_stop_on,
         "stopped_early": stopped_early,
         "train_images": n_train,
         "val_images": n_val,
         "options": options.to_json(),
         "history": [
-            {"epoch": h.epoch, "train_loss": h.train_loss, "val_loss": h.val_loss, "val_bleu4": h.val_bleu4}
+            {
+                "epoch": h.epoch,
+                "train_loss": h.train_loss,
+                "val_loss": h.val_loss,
+                "val_bleu4": h.val_bleu4,
+                "val_rouge_l": h.val_rouge_l,
+            }
             for h in history
         ],
     }

@@ -29,6 +29,7 @@ from vicap_jobs.data.samples import CaptionSample
 from vicap_jobs.data.vocab import PAD_ID, Vocabulary
 from vicap_jobs.devices import torch_device
 from vicap_jobs.errors import InputError
+from vicap_jobs.metrics.scores import CaptionScores
 from vicap_jobs.models.checkpoint import save_checkpoint
 from vicap_jobs.models.decoding import greedy_decode
 from vicap_jobs.models.lstm_common import LSTMCaptioner
@@ -50,7 +51,7 @@ from vicap_jobs.training.loop import (
     deterministic,
     optimizer_step,
     run_epochs,
-    validation_bleu4,
+    validation_scores,
 )
 from vicap_jobs.training.options import TrainOptions, TrainProgress, TrainResult
 
@@ -145,8 +146,8 @@ class LSTMEpochs:
         return loss_sum / max(token_sum, 1)
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """Validation loss (per target token, no smoothing) and BLEU-4 of greedy captions (0..1)."""
+    def evaluate(self) -> tuple[float, CaptionScores]:
+        """Validation loss (per target token, no smoothing) and the scores of greedy captions (0..1)."""
         model, split, options = self.model.eval(), self.val, self.options
         total_loss, total_tokens = 0.0, 0
         predictions: dict[int, str] = {}
@@ -165,8 +166,7 @@ class LSTMEpochs:
             )
             for row, ids in zip(rows, sequences, strict=True):
                 predictions[split.samples[row].image_id] = self.codec.decode_caption(ids)
-        bleu_4 = validation_bleu4(predictions, split.samples, options.tokenization)
-        return total_loss / max(total_tokens, 1), bleu_4
+        return total_loss / max(total_tokens, 1), validation_scores(predictions, split.samples, options.tokenization)
 
     def save(self, out_dir: Path, meta: dict[str, Any]) -> None:
         save_checkpoint(

@@ -134,6 +134,7 @@ class TrainProgress:
     train_loss: float
     val_loss: float
     val_bleu4: float  # 0..1
+    val_rouge_l: float  # 0..1
     elapsed: float  # seconds since training started
     best_epoch: int
     improved: bool
@@ -147,6 +148,7 @@ class TrainResult:
     best_epoch: int
     val_loss: float  # of the best epoch
     val_bleu4: float  # of the best epoch, 0..1
+    val_rouge_l: float  # of the best epoch, 0..1
     history: list[TrainProgress]
     vocab_size: int  # ids of the text codec
     seconds: float

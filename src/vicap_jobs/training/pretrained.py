@@ -42,6 +42,7 @@ from vicap_jobs.data.images import Preprocessing
 from vicap_jobs.data.samples import CaptionSample
 from vicap_jobs.devices import torch_device
 from vicap_jobs.errors import InputError, VicapError
+from vicap_jobs.metrics.scores import CaptionScores
 from vicap_jobs.models.checkpoint import save_checkpoint
 from vicap_jobs.models.decoding import ban_tokens, greedy_decode
 from vicap_jobs.models.hf_codec import HFTokenizerCodec, check_keeps_text, load_tokenizer, train_caption_tokenizer
@@ -55,7 +56,7 @@ from vicap_jobs.training.loop import (
     config_from_options,
     deterministic,
     run_epochs,
-    validation_bleu4,
+    validation_scores,
 )
 from vicap_jobs.training.options import TrainOptions, TrainProgress, TrainResult
 
@@ -218,8 +219,8 @@ class PretrainedEpochs:
         optimizer.zero_grad(set_to_none=True)
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """Validation loss per target token and BLEU-4 (0..1) of greedy captions, with our metrics."""
+    def evaluate(self) -> tuple[float, CaptionScores]:
+        """Validation loss per target token and the scores (0..1) of greedy captions, with our metrics."""
         model, split, options, codec = self.model.eval(), self.val, self.options, self.codec
         total_loss, total_tokens = 0.0, 0
         predictions: dict[int, str] = {}
@@ -242,7 +243,7 @@ class PretrainedEpochs:
             total_tokens += n_tokens
             for row, ids in zip(rows, sequences, strict=True):
                 predictions[split.samples[row].image_id] = codec.decode_caption(ids)
-        return total_loss / max(total_tokens, 1), validation_bleu4(predictions, split.samples, "syllable")
+        return total_loss / max(total_tokens, 1), validation_scores(predictions, split.samples, "syllable")
 
     def save(self, out_dir: Path, meta: dict[str, Any]) -> None:
         save_checkpoint(
