@@ -115,7 +115,12 @@ class _Split:
         encoded = encode_split(samples, codec, max_len)
         kept = [row for row, mine in enumerate(encoded.captions_of_image) if mine]
         self.samples = [samples[row] for row in kept]
-        self.encoded = encode_split(self.samples, codec, max_len)
+        new_row = {old: new for new, old in enumerate(kept)}
+        self.encoded = EncodedCaptions(
+            ids=encoded.ids,
+            image_row=[new_row[row] for row in encoded.image_row],
+            captions_of_image=[encoded.captions_of_image[row] for row in kept],
+        )
         self.features: Tensor | None = None  # (N, ...) float16 when the image encoder is frozen
 
 

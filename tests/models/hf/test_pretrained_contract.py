@@ -168,3 +168,15 @@ def test_a_missing_pretrained_folder_is_one_line(family: str, tmp_path: Path, co
     message = str(info.value)
     assert "\n" not in message and "nowhere does not exist" in message
     assert "--" + recipe.missing_option.replace("_", "-") in message
+
+
+def test_images_left_without_captions_are_dropped_and_rows_renumbered(colours: list[CaptionSample]) -> None:
+    from vicap_jobs.models.hf_codec import train_caption_tokenizer
+    from vicap_jobs.training.pretrained import _Split
+
+    codec = train_caption_tokenizer([c for s in colours for c in s.captions], vocab_size=300)
+    empty = CaptionSample(999, colours[0].image_path, ("!!!", "..."))
+    split = _Split([colours[0], empty, colours[1]], codec, max_len=12)
+    assert [s.image_id for s in split.samples] == [colours[0].image_id, colours[1].image_id]
+    assert split.encoded.captions_of_image == [[0, 1], [2, 3]] and split.encoded.image_row == [0, 0, 1, 1]
+    assert split.encoded.ids[2] == codec.encode_caption(colours[1].captions[0], max_len=12)
