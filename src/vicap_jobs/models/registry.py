@@ -151,6 +151,13 @@ FAMILIES: dict[str, FamilySpec] = {
             PRETRAINED_ENGINES,
             trainer=PRETRAINED_TRAINER,
         ),
+        FamilySpec(
+            "blip2-lora",
+            "vicap_jobs.models.blip2_lora",
+            "BLIP-2 (OPT) with a LoRA adapter on its language model, image side frozen (--base-model DIR).",
+            PRETRAINED_ENGINES,
+            trainer=PRETRAINED_TRAINER,
+        ),
     )
 }
 
