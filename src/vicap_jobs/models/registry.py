@@ -161,6 +161,13 @@ FAMILIES: dict[str, FamilySpec] = {
             trainer=PRETRAINED_TRAINER,
             inputs={"base_model": "Salesforce/blip-image-captioning-base (or -large)"},
         ),
+        FamilySpec(
+            "blip2-lora",
+            "vicap_jobs.models.blip2_lora",
+            "BLIP-2 (OPT) with a LoRA adapter on its language model, image side frozen (--base-model DIR).",
+            PRETRAINED_ENGINES,
+            trainer=PRETRAINED_TRAINER,
+        ),
     )
 }
 

@@ -15,25 +15,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.models.hf.tiny_blip2 import tiny_blip2
 from tests.models.hf.tiny_hf import tiny_blip
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """make(folder) -> TrainOptions fields (pretrained folders, config_overrides); variants: more overrides."""
+    """make(folder) -> TrainOptions fields (pretrained folders, config_overrides); variants: more overrides.
+
+    options: TrainOptions fields of a variant (e.g. ``tokenizer="train"``, a longer schedule).
+    """
 
     family: str
     make: Callable[[Path], dict[str, Any]]
     missing_option: str  # the TrainOptions field whose folder a missing-folder test removes
     variants: dict[str, dict[str, Any]] = field(default_factory=lambda: {"default": {}})
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def blip_inputs(folder: Path) -> dict[str, Any]:
     return {"base_model": str(tiny_blip(folder / "blip"))}
 
 
+def blip2_inputs(folder: Path) -> dict[str, Any]:
+    return {"base_model": str(tiny_blip2(folder / "blip2"))}
+
+
+BLIP2_VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},  # the base folder's tokenizer, Q-Former frozen
+    "trained tokenizer": {},  # fresh embeddings, trained through the adapter
+    "qformer trained": {"train_qformer": True},
+}
+BLIP2_OPTIONS: dict[str, dict[str, Any]] = {
+    "trained tokenizer": {"tokenizer": "train", "lr": 1e-2}
+}  # fresh embeddings: more lr
+
 RECIPES: dict[str, Recipe] = {
     "blip": Recipe("blip", blip_inputs, "base_model", {"default": {}, "frozen vision": {"freeze_vision": True}}),
+    "blip2-lora": Recipe("blip2-lora", blip2_inputs, "base_model", BLIP2_VARIANTS, BLIP2_OPTIONS),
 }
 
 
