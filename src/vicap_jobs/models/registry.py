@@ -167,6 +167,7 @@ FAMILIES: dict[str, FamilySpec] = {
             "BLIP-2 (OPT) with a LoRA adapter on its language model, image side frozen (--base-model DIR).",
             PRETRAINED_ENGINES,
             trainer=PRETRAINED_TRAINER,
+            inputs={"base_model": "Salesforce/blip2-opt-2.7b (or another BLIP-2 with a decoder-only LM)"},
         ),
     )
 }
