@@ -151,6 +151,14 @@ FAMILIES: dict[str, FamilySpec] = {
             PRETRAINED_ENGINES,
             trainer=PRETRAINED_TRAINER,
         ),
+        FamilySpec(
+            "vit-seq2seq",
+            "vicap_jobs.models.vit_seq2seq",
+            "A ViT image encoder + a Vietnamese decoder (BARTpho, GPT-2) joined by cross-attention "
+            "(--vision-model DIR --text-model DIR).",
+            PRETRAINED_ENGINES,
+            trainer=PRETRAINED_TRAINER,
+        ),
     )
 }
 

@@ -77,7 +77,7 @@ def trained(
     family, variant = request.param
     recipe = RECIPES[family]
     root = tmp_path_factory.mktemp(f"{family}-{variant}".replace(" ", "-"))
-    options = tiny_options(recipe.make(root / "pretrained"), recipe.variants[variant])
+    options = tiny_options(recipe.make(root / "pretrained"), recipe.overrides(variant, root / "pretrained"))
     result = train_pretrained(
         family=family,
         options=options,
