@@ -169,6 +169,18 @@ FAMILIES: dict[str, FamilySpec] = {
             trainer=PRETRAINED_TRAINER,
             inputs={"base_model": "Salesforce/blip2-opt-2.7b (or another BLIP-2 with a decoder-only LM)"},
         ),
+        FamilySpec(
+            "vit-seq2seq",
+            "vicap_jobs.models.vit_seq2seq",
+            "A ViT image encoder + a Vietnamese decoder (BARTpho, GPT-2) joined by cross-attention "
+            "(--vision-model DIR --text-model DIR).",
+            PRETRAINED_ENGINES,
+            trainer=PRETRAINED_TRAINER,
+            inputs={
+                "vision_model": "google/vit-base-patch16-224-in21k (or another ViT/DeiT/BEiT image encoder)",
+                "text_model": "vinai/bartpho-syllable or a Vietnamese GPT-2 (e.g. NlpHUST/gpt2-vietnamese)",
+            },
+        ),
     )
 }
 

@@ -17,11 +17,20 @@ from typing import Any
 
 from tests.models.hf.tiny_blip2 import tiny_blip2
 from tests.models.hf.tiny_hf import tiny_blip
+from tests.models.hf.tiny_vit import vit_seq2seq_inputs
+
+
+@dataclass(frozen=True)
+class Made:
+    """A variant's override naming a folder the recipe's ``make`` wrote: ``folder / name`` once made."""
+
+    name: str
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """make(folder) -> TrainOptions fields (pretrained folders, config_overrides); variants: more overrides.
+    """make(folder) -> TrainOptions fields (pretrained folders, config_overrides); variants: more overrides
+    (a :class:`Made` value picks another folder ``make`` wrote, e.g. a second decoder).
 
     options: TrainOptions fields of a variant (e.g. ``tokenizer="train"``, a longer schedule).
     """
@@ -31,6 +40,13 @@ class Recipe:
     missing_option: str  # the TrainOptions field whose folder a missing-folder test removes
     variants: dict[str, dict[str, Any]] = field(default_factory=lambda: {"default": {}})
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def overrides(self, variant: str, folder: Path) -> dict[str, Any]:
+        """The variant's config overrides, each :class:`Made` value as the path ``make(folder)`` wrote."""
+        return {
+            key: str(folder / value.name) if isinstance(value, Made) else value
+            for key, value in self.variants[variant].items()
+        }
 
 
 def blip_inputs(folder: Path) -> dict[str, Any]:
@@ -53,6 +69,16 @@ BLIP2_OPTIONS: dict[str, dict[str, Any]] = {
 RECIPES: dict[str, Recipe] = {
     "blip": Recipe("blip", blip_inputs, "base_model", {"default": {}, "frozen vision": {"freeze_vision": True}}),
     "blip2-lora": Recipe("blip2-lora", blip2_inputs, "base_model", BLIP2_VARIANTS, BLIP2_OPTIONS),
+    "vit-seq2seq": Recipe(
+        "vit-seq2seq",
+        vit_seq2seq_inputs,
+        "text_model",
+        {
+            "default": {},  # a GPT-2 decoder with its own tokenizer
+            "mbart decoder": {"text_model": Made("mbart")},  # BARTpho's architecture, a trained tokenizer
+            "frozen encoder, projected": {"freeze_vision": True, "text_model": Made("gpt2-wide")},
+        },
+    ),
 }
 
 

@@ -78,7 +78,9 @@ def trained(
     recipe = RECIPES[family]
     root = tmp_path_factory.mktemp(f"{family}-{variant}".replace(" ", "-"))
     options = tiny_options(
-        recipe.make(root / "pretrained"), recipe.variants[variant], **recipe.options.get(variant, {})
+        recipe.make(root / "pretrained"),
+        recipe.overrides(variant, root / "pretrained"),
+        **recipe.options.get(variant, {}),
     )
     result = train_pretrained(
         family=family,
