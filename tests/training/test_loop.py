@@ -133,3 +133,51 @@ def test_out_dir_may_hold_a_checkpoint_of_either_layout(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="notes.txt"):
         check_out_dir(tmp_path)
+
+
+@dataclasses.dataclass
+class _Settings:
+    freeze: bool = False
+    rank: int = 16
+    dropout: float = 0.05
+    name: str = "mlp"
+    targets: tuple[str, ...] = ("q_proj",)
+    optional_rank: int | None = None
+
+
+@pytest.mark.parametrize(
+    ("field", "given", "expected"),
+    [
+        ("freeze", "False", False),
+        ("freeze", "yes", True),
+        ("freeze", True, True),
+        ("rank", "8", 8),
+        ("rank", 4, 4),
+        ("dropout", 0, 0.0),
+        ("dropout", "0.1", 0.1),
+        ("name", "transformer", "transformer"),
+        ("targets", "q_proj, v_proj", ("q_proj", "v_proj")),
+        ("targets", ["k_proj"], ("k_proj",)),
+        ("optional_rank", 3, 3),
+    ],
+)
+def test_config_overrides_take_the_field_type(field: str, given: Any, expected: Any) -> None:
+    config = config_from_options(_Settings, options(config_overrides={field: given}))
+    value = getattr(config, field)
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("field", "given", "message"),
+    [
+        ("freeze", "maybe", "_Settings.freeze must be true or false, got 'maybe'"),
+        ("rank", 2.5, "must be an integer"),
+        ("dropout", "lots", "must be a number"),
+        ("name", 3, "must be text"),
+        ("targets", [1, 2], "must be a list of names"),
+        ("nope", 1, "unknown _Settings fields \\['nope'\\]"),
+    ],
+)
+def test_bad_config_overrides_are_one_line(field: str, given: Any, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        config_from_options(_Settings, options(config_overrides={field: given}))

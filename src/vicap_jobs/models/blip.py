@@ -113,7 +113,8 @@ def build(config: BlipCaptionConfig, *, codec: HFTokenizerCodec) -> BlipCaptione
 
     model_ids = get_family("blip").inputs["base_model"]
     folder = pretrained_dir(config.base_model, what="BLIP base model", option="--base-model", model_ids=model_ids)
-    hf = from_local(BlipForConditionalGeneration.from_pretrained, folder, what="BLIP base model")
+    # fp32 for training whatever dtype the folder was saved in (transformers 5 keeps the saved one).
+    hf = from_local(BlipForConditionalGeneration.from_pretrained, folder, what="BLIP base model", dtype=torch.float32)
     if not hasattr(hf, "text_decoder"):
         raise InputError(f"{folder} is not a BLIP captioning model (BlipForConditionalGeneration)")
     _use_codec(hf, codec)

@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import time
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -136,8 +137,50 @@ def config_from_options(config_cls: type, options: TrainOptions, **values: Any) 
     unknown = sorted(set(options.config_overrides) - known)
     if unknown:
         raise InputError(f"unknown {config_cls.__name__} fields {unknown}; known: {sorted(known)}")
-    values.update(options.config_overrides)
+    hints = typing.get_type_hints(config_cls)
+    values.update(
+        {
+            name: coerce_value(config_cls.__name__, name, hints.get(name), value)
+            for name, value in options.config_overrides.items()
+        }
+    )
     return config_cls(**{name: value for name, value in values.items() if name in known})
+
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def coerce_value(owner: str, name: str, annotation: Any, value: Any) -> Any:
+    """A ``--set`` value as the config field's type (bool, int, float, str, tuple of str); else one-line InputError.
+
+    "False" must not become a truthy string, nor "8" a string where a number is meant.
+    """
+    kinds = set(typing.get_args(annotation)) | {annotation} if typing.get_args(annotation) else {annotation}
+    problem = f"{owner}.{name} must be"
+    if bool in kinds:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE | _FALSE:
+            return text in _TRUE
+        raise InputError(f"{problem} true or false, got {value!r}")
+    if int in kinds and float not in kinds:
+        if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
+            return int(value)
+        raise InputError(f"{problem} an integer, got {value!r}")
+    if float in kinds:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{problem} a number, got {value!r}") from None
+    if typing.get_origin(annotation) is tuple or annotation is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(item, str) for item in items):
+            raise InputError(f"{problem} a list of names, got {value!r}")
+        return tuple(item.strip() for item in items if item.strip())
+    if str in kinds and not isinstance(value, str):
+        raise InputError(f"{problem} text, got {value!r}")
+    return value
 
 
 def make_optimizer(model: nn.Module, options: TrainOptions) -> torch.optim.Optimizer:
