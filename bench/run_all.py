@@ -30,6 +30,10 @@ BENCHMARKS: dict[str, tuple[list[str], str]] = {
     ),
     "train_epoch": (["train_epoch.py"], "teacher forcing vs the seed's prefix expansion, seconds per epoch"),
     "queue_overhead": (["queue_overhead.py"], "1,000 images through Redis + 1 worker vs the same engine in-process"),
+    "vlp_int8": (
+        ["vlp_int8.py"],
+        "vision-language int8: fp32 vs each int8 engine path on a mid-sized BLIP (224 px), end to end",
+    ),
     "worker_rss": (
         ["worker_rss.py", "--images", "5000"],
         "worker memory while captioning 5,000 images (must stay flat)",

@@ -24,8 +24,7 @@ def test_engine_names_belong_to_families() -> None:
     spec = get_family("cnn-lstm-attn")
     assert spec.engine_names == ("onnx", "torch", "torch-bf16") and spec.default_engine == "onnx"
     assert spec.engine_class("torch").__name__ == "TorchEngine"
-    assert all_engine_names() == ["onnx", "torch", "torch-bf16"]
-    assert "int8" not in all_engine_names()  # no global placeholder: a family without an int8 engine lists none
+    assert all_engine_names() == ["int8", "onnx", "torch", "torch-bf16"]  # the union: int8 is the VLP families'
     with pytest.raises(UnknownEngineError) as info:
         spec.engine_class("int8")
     assert str(info.value) == (

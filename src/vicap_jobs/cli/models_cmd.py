@@ -7,8 +7,9 @@ import json
 import click
 
 from vicap_jobs.cli.common import console, open_store, print_table
-from vicap_jobs.models.registry import family_names, get_family
-from vicap_jobs.services.models import list_models, resolve_model
+from vicap_jobs.errors import VicapError
+from vicap_jobs.models.registry import FamilySpec, family_names, get_family
+from vicap_jobs.services.models import default_engine, list_models, resolve_model
 
 
 @click.group()
@@ -58,7 +59,10 @@ def list_cmd() -> None:
 @models.command()
 @click.argument("name")
 def show(name: str) -> None:
-    """Show one model's artifacts and hyper-parameters.
+    """Show one model's artifacts, hyper-parameters and default engine here (and why).
+
+    A vision-language model's default engine is measured once per machine (int8 when
+    at least as fast as torch with the same tokens); the first show may take a while.
 
     Example:
 
@@ -68,6 +72,14 @@ def show(name: str) -> None:
 
     _, db = open_store()
     m = resolve_model(db=db, name=name)
+    try:
+        choice = default_engine(m)
+    except VicapError as exc:  # e.g. the checkpoint folder is gone: still show the row
+        engine_rows = [["default engine", f"unknown: {exc}"]]
+    else:
+        engine_rows = [["default engine", choice.engine], ["why", choice.reason]]
+        if "int8" in get_family(m.family).engines:
+            engine_rows.append(["int8 path", choice.int8_path or "not measured"])
     print_table(
         f"model {m.name}",
         ["field", "value"],
@@ -80,6 +92,7 @@ def show(name: str) -> None:
             ["onnx", m.onnx_path],
             ["onnx int8", m.onnx_quantized],
             ["created", m.created_at.isoformat(timespec="seconds")],
+            *engine_rows,
         ],
     )
     console.print(json.dumps(m.hyperparameters, indent=2, ensure_ascii=False, default=str))
@@ -98,5 +111,12 @@ def families() -> None:
     print_table(
         "model families",
         ["family", "engines", "description"],
-        [[n, ", ".join(get_family(n).engines), get_family(n).description] for n in family_names()],
+        [[n, engine_summary(get_family(n)), get_family(n).description] for n in family_names()],
     )
+
+
+def engine_summary(spec: FamilySpec) -> str:
+    """A family's engines with the default marked and the ones it prefers when measured faster."""
+    tags = {spec.default_engine: "default"}
+    tags.update({name: "preferred when faster here" for name in spec.prefer})
+    return ", ".join(f"{name} ({tags[name]})" if name in tags else name for name in spec.engine_names)

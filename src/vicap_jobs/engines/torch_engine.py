@@ -48,7 +48,10 @@ class TorchEngine(CaptionEngine):
                 f"built a {type(loaded.model).__name__}"
             )
         self.checkpoint = loaded
-        self.model: StepCaptioner = loaded.model.to(self.torch_device).eval()
+        model = loaded.model
+        if not getattr(model, "keeps_device", False):  # weights placed at load (bitsandbytes) stay put
+            model = model.to(self.torch_device)
+        self.model: StepCaptioner = model.eval()
 
     @classmethod
     def load(

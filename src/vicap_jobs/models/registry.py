@@ -1,8 +1,9 @@
 """One registry: model family name → what the system needs to know, without importing torch.
 
 Each family has one line in :data:`FAMILIES`: its module, its engines (name →
-"module:Class", the first being the default), the export formats it supports
-and its trainer ("module:function"). Listing families, engines and exports reads
+"module:Class", the first being the static default), the export formats it supports,
+its trainer ("module:function") and the engines it prefers over the default where
+they are measured at least as fast (``prefer``; see ``engines/choice.py``). Listing families, engines and exports reads
 only these lines (transformers' ``*_MAPPING_NAMES`` work the same way): the CLI
 builds its choices and the services validate jobs without loading torch.
 
@@ -37,9 +38,12 @@ STEP_ENGINES: dict[str, str] = {
 }
 LSTM_TRAINER = "vicap_jobs.training.lstm:train_lstm"
 # Engines and trainer of the vision-language families (local Hugging Face folders).
+# "torch" stays first: the static default wherever int8 was not measured faster (engines/choice.py).
 PRETRAINED_ENGINES: dict[str, str] = {
     "torch": "vicap_jobs.engines.torch_engine:TorchEngine",
+    "int8": "vicap_jobs.engines.int8_engine:Int8Engine",
 }
+PRETRAINED_PREFER = ("int8",)  # the default when measured at least as fast as torch here, with the same tokens
 PRETRAINED_TRAINER = "vicap_jobs.training.pretrained:train_pretrained"
 
 
@@ -81,10 +85,16 @@ class FamilySpec:
     # "text_model", "base_model") → the Hugging Face model ids a user would download elsewhere.
     # Empty for families trained from scratch or from torchvision backbones.
     inputs: Mapping[str, str] = field(default_factory=dict)
+    # Engines that replace the default when measured at least as fast on the machine and agreeing
+    # with it (vicap_jobs.engines.choice); empty: the default is always the first engine.
+    prefer: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.engines:
             raise InputError(f"model family {self.name!r} lists no engine")
+        unknown = [name for name in self.prefer if name not in self.engines or name == self.default_engine]
+        if unknown:
+            raise InputError(f"model family {self.name!r} prefers {unknown}, which are not its other engines")
 
     @property
     def engine_names(self) -> tuple[str, ...]:
@@ -160,6 +170,7 @@ FAMILIES: dict[str, FamilySpec] = {
             PRETRAINED_ENGINES,
             trainer=PRETRAINED_TRAINER,
             inputs={"base_model": "Salesforce/blip-image-captioning-base (or -large)"},
+            prefer=PRETRAINED_PREFER,
         ),
         FamilySpec(
             "blip2-lora",
@@ -168,6 +179,7 @@ FAMILIES: dict[str, FamilySpec] = {
             PRETRAINED_ENGINES,
             trainer=PRETRAINED_TRAINER,
             inputs={"base_model": "Salesforce/blip2-opt-2.7b (or another BLIP-2 with a decoder-only LM)"},
+            prefer=PRETRAINED_PREFER,
         ),
         FamilySpec(
             "vit-seq2seq",
@@ -180,6 +192,7 @@ FAMILIES: dict[str, FamilySpec] = {
                 "vision_model": "google/vit-base-patch16-224-in21k (or another ViT/DeiT/BEiT image encoder)",
                 "text_model": "vinai/bartpho-syllable or a Vietnamese GPT-2 (e.g. NlpHUST/gpt2-vietnamese)",
             },
+            prefer=PRETRAINED_PREFER,
         ),
     )
 }

@@ -98,7 +98,7 @@ def create_caption_job(
     if batch_size <= 0:
         raise InputError("--batch-size must be positive")
     model_row = resolve_model(db=db, name=model)
-    engine = resolve_engine_name(model_row, engine_name)
+    engine = resolve_engine_name(model_row, engine_name, device="cpu" if gpu is None else f"cuda:{gpu}")
     report = WalkReport()
     paths = list(iter_image_files(Path(folder).expanduser().resolve(), recursive=recursive, report=report))
     if not paths:

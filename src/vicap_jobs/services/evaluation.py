@@ -152,7 +152,7 @@ def create_evaluate_job(
     check_tokenization(tokenization)
     model_ref = resolve_model(db=db, name=model)
     ds = get_dataset(db=db, name=dataset)
-    engine = resolve_engine_name(model_ref, engine_name)
+    engine = resolve_engine_name(model_ref, engine_name, device="cpu" if gpu is None else f"cuda:{gpu}")
     image_ids = _split_image_ids(db, ds.id, split)
     if not image_ids:
         raise InputError(f"data set {dataset!r} has no {split} images on disk to caption")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -11,8 +12,11 @@ from sqlalchemy import Engine, select
 from vicap_jobs.db.base import utcnow
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Model
+from vicap_jobs.engines.choice import EngineChoice, choose_engine
 from vicap_jobs.errors import InputError, NotFoundError
+from vicap_jobs.models.manifest import ModelArtifacts
 from vicap_jobs.models.registry import get_family
+from vicap_jobs.settings import get_settings
 
 
 @dataclass(frozen=True)
@@ -83,17 +87,30 @@ def list_models(*, db: Engine) -> list[ModelRef]:
         return [_ref(row) for row in session.scalars(select(Model).order_by(Model.name))]
 
 
-def resolve_engine_name(model: ModelRef, requested: str | None) -> str:
-    """The engine to caption with: the requested one if the family supports it, else its default.
+def default_engine(model: ModelRef, *, device: str = "cpu") -> EngineChoice:
+    """The engine ``model`` captions with when none is asked for, with the reason.
 
-    The family's default (ONNX for CNN+LSTM) is used only once the model is exported;
-    until then the torch engine runs it.
+    CNN+LSTM: its family's default (ONNX) once the model is exported, torch until then.
+    A family that prefers other engines when faster (vision-language: int8) gets the
+    choice measured once on this machine for these weights (``engines/choice.py``).
+    """
+    spec = get_family(model.family)
+    if spec.default_engine == "onnx" and not model.onnx_path:
+        return EngineChoice("torch", f"torch: no ONNX export yet (`vicap-jobs export onnx {model.name}`)", "onnx")
+    if not spec.prefer:
+        return EngineChoice(spec.default_engine, f"{spec.default_engine}: the family's default", spec.default_engine)
+    artifacts = ModelArtifacts(Path(model.artifact_dir))
+    return choose_engine(artifacts, spec, device=device, threads=get_settings().torch_threads)
+
+
+def resolve_engine_name(model: ModelRef, requested: str | None, *, device: str = "cpu") -> str:
+    """The engine to caption with: the requested one if the family supports it, else :func:`default_engine`'s.
+
+    device: where the job will run ("cpu", "cuda:N"): a measured default is measured there.
     """
     spec = get_family(model.family)
     if requested is None:
-        if spec.default_engine == "onnx" and not model.onnx_path:
-            return "torch"
-        return spec.default_engine
+        return default_engine(model, device=device).engine
     spec.check_engine(requested)
     if requested == "onnx" and not model.onnx_path:
         raise InputError(

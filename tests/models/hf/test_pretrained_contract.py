@@ -6,8 +6,10 @@ Per family (and config variant): tiny random pretrained folders are written with
 ``load_checkpoint`` / ``load_engine``. It must: lower the training loss; keep its
 tokenizer (diacritics intact) in the checkpoint; generate Vietnamese text with
 every engine its registry line lists; give identical generations after a second
-load; step-wise decoding must equal teacher forcing; a missing folder must be one
-line naming the option.
+load; step-wise decoding must equal teacher forcing; its int8 engine must give
+torch's greedy tokens (``tests/engines/int8_checks.py``: logits within 2 % of their
+spread, a caption may differ only at a near-tie); a missing folder must be one line
+naming the option.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.engines.int8_checks import check_int8_agrees
 from tests.models.hf.recipes import RECIPES, recipe_variants
 from tests.training.conftest import make_colour_set
 from vicap_jobs.data.images import load_rgb
@@ -122,6 +125,16 @@ def test_every_engine_writes_vietnamese(trained: Trained) -> None:
         )
         assert len(captions) == 4 and all(captions), name
         assert any(set(caption) & VIETNAMESE_LETTERS for caption in captions), (name, captions)
+
+
+def test_int8_greedy_tokens_equal_torch(trained: Trained) -> None:
+    if "int8" not in get_family(trained.family).engines:
+        pytest.skip(f"{trained.family} lists no int8 engine")
+    decode = DecodeOptions(beam_size=1, max_len=8)
+    fp32 = load_engine("torch", trained.artifacts, decode=decode)
+    int8 = load_engine("int8", trained.artifacts, decode=decode)
+    assert int8.precision == "int8" and int8.quantized  # really quantized, not a silent fp32 engine
+    check_int8_agrees(int8, fp32, fp32.preprocess(images(trained, 8)))
 
 
 def test_a_second_load_gives_identical_generations(trained: Trained) -> None:
