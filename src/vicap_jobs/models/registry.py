@@ -151,6 +151,14 @@ FAMILIES: dict[str, FamilySpec] = {
             PRETRAINED_ENGINES,
             trainer=PRETRAINED_TRAINER,
         ),
+        FamilySpec(
+            "clipcap",
+            "vicap_jobs.models.clipcap",
+            "ClipCap: CLIP image embedding → mapping network → prefix for a Vietnamese GPT-2 "
+            "(--vision-model DIR --text-model DIR).",
+            PRETRAINED_ENGINES,
+            trainer=PRETRAINED_TRAINER,
+        ),
     )
 }
 

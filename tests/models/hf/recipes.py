@@ -6,6 +6,9 @@ the family at them. ``test_pretrained_contract`` runs over every recipe; a regis
 family without a recipe here (or a vocabulary family in ``tests/models/tiny_families.py``)
 fails ``test_every_registered_family_has_a_tiny_config``. Adding a family: its recipe
 function in its own test module and one line in RECIPES.
+
+A variant is config overrides; its :data:`OPTIONS` entry, if any, holds TrainOptions
+fields instead (e.g. ``{"tokenizer": "train"}`` where the family's default is another).
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.models.hf.tiny_clipcap import tiny_clip_vision, tiny_gpt2
 from tests.models.hf.tiny_hf import tiny_blip
+
+OPTIONS = "train_options"  # a variant's TrainOptions fields (not config overrides)
 
 
 @dataclass(frozen=True)
@@ -32,8 +38,28 @@ def blip_inputs(folder: Path) -> dict[str, Any]:
     return {"base_model": str(tiny_blip(folder / "blip"))}
 
 
+def clipcap_inputs(folder: Path) -> dict[str, Any]:
+    """Tiny CLIPVisionModel + tiny GPT-2 with its own GPT-2-style tokenizer (the family's default)."""
+    return {"vision_model": str(tiny_clip_vision(folder / "clip")), "text_model": str(tiny_gpt2(folder / "gpt2"))}
+
+
 RECIPES: dict[str, Recipe] = {
     "blip": Recipe("blip", blip_inputs, "base_model", {"default": {}, "frozen vision": {"freeze_vision": True}}),
+    "clipcap": Recipe(
+        "clipcap",
+        clipcap_inputs,
+        "text_model",
+        {
+            "default": {},
+            "transformer mapper": {
+                "mapping_type": "transformer",
+                "mapper_layers": 2,
+                "prefix_length": 4,
+                "clip_length": 4,
+            },
+            "trained tokenizer, frozen gpt2": {"freeze_text": True, OPTIONS: {"tokenizer": "train"}},
+        },
+    ),
 }
 
 

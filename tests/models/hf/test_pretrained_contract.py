@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.models.hf.recipes import RECIPES, recipe_variants
+from tests.models.hf.recipes import OPTIONS, RECIPES, recipe_variants
 from tests.training.conftest import make_colour_set
 from vicap_jobs.data.images import load_rgb
 from vicap_jobs.data.samples import CaptionSample
@@ -77,7 +77,9 @@ def trained(
     family, variant = request.param
     recipe = RECIPES[family]
     root = tmp_path_factory.mktemp(f"{family}-{variant}".replace(" ", "-"))
-    options = tiny_options(recipe.make(root / "pretrained"), recipe.variants[variant])
+    overrides = dict(recipe.variants[variant])
+    changes = overrides.pop(OPTIONS, {})
+    options = tiny_options(recipe.make(root / "pretrained"), overrides, **changes)
     result = train_pretrained(
         family=family,
         options=options,
