@@ -194,6 +194,19 @@ FAMILIES: dict[str, FamilySpec] = {
             },
             prefer=PRETRAINED_PREFER,
         ),
+        FamilySpec(
+            "clipcap",
+            "vicap_jobs.models.clipcap",
+            "ClipCap: CLIP image embedding → mapping network → prefix for a Vietnamese GPT-2 "
+            "(--vision-model DIR --text-model DIR).",
+            PRETRAINED_ENGINES,
+            trainer=PRETRAINED_TRAINER,
+            inputs={
+                "vision_model": "openai/clip-vit-base-patch32",
+                "text_model": "a Vietnamese GPT-2 such as NlpHUST/gpt2-vietnamese or imthanhlv/gpt2news",
+            },
+            prefer=PRETRAINED_PREFER,
+        ),
     )
 }
 

@@ -6,6 +6,10 @@ the family at them. ``test_pretrained_contract`` runs over every recipe; a regis
 family without a recipe here (or a vocabulary family in ``tests/models/tiny_families.py``)
 fails ``test_every_registered_family_has_a_tiny_config``. Adding a family: its recipe
 function in its own test module and one line in RECIPES.
+
+A variant is config overrides (a :class:`Made` value names another folder ``make`` wrote);
+the recipe's ``options`` give a variant TrainOptions fields too (e.g. ``{"tokenizer": "train"}``
+where the family's default is another).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.models.hf.tiny_blip2 import tiny_blip2
+from tests.models.hf.tiny_clipcap import tiny_clip_vision, tiny_gpt2
 from tests.models.hf.tiny_hf import tiny_blip
 from tests.models.hf.tiny_vit import vit_seq2seq_inputs
 
@@ -66,9 +71,23 @@ BLIP2_OPTIONS: dict[str, dict[str, Any]] = {
     "trained tokenizer": {"tokenizer": "train", "lr": 1e-2}
 }  # fresh embeddings: more lr
 
+
+def clipcap_inputs(folder: Path) -> dict[str, Any]:
+    """Tiny CLIPVisionModel + tiny GPT-2 with its own GPT-2-style tokenizer (the family's default)."""
+    return {"vision_model": str(tiny_clip_vision(folder / "clip")), "text_model": str(tiny_gpt2(folder / "gpt2"))}
+
+
+CLIPCAP_VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "transformer mapper": {"mapping_type": "transformer", "mapper_layers": 2, "prefix_length": 4, "clip_length": 4},
+    "trained tokenizer, frozen gpt2": {"freeze_text": True},
+}
+CLIPCAP_OPTIONS: dict[str, dict[str, Any]] = {"trained tokenizer, frozen gpt2": {"tokenizer": "train"}}
+
 RECIPES: dict[str, Recipe] = {
     "blip": Recipe("blip", blip_inputs, "base_model", {"default": {}, "frozen vision": {"freeze_vision": True}}),
     "blip2-lora": Recipe("blip2-lora", blip2_inputs, "base_model", BLIP2_VARIANTS, BLIP2_OPTIONS),
+    "clipcap": Recipe("clipcap", clipcap_inputs, "text_model", CLIPCAP_VARIANTS, CLIPCAP_OPTIONS),
     "vit-seq2seq": Recipe(
         "vit-seq2seq",
         vit_seq2seq_inputs,
