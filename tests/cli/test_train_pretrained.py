@@ -120,3 +120,21 @@ def test_an_unknown_family_option_is_refused_before_queueing(synth_dataset: str,
                     "--dataset", synth_dataset, "--set", "lora_r=4")  # fmt: skip
     assert result.exit_code == 1
     assert "unknown BlipCaptionConfig fields ['lora_r']" in result.output
+
+
+def test_vision_language_jobs_stop_after_two_bad_epochs_unless_told(synth_dataset: str, tmp_path: Path) -> None:
+    from vicap_jobs.cli.common import open_store
+    from vicap_jobs.db.session import session_scope
+    from vicap_jobs.jobs.lifecycle import get_job
+    from vicap_jobs.services.training import create_train_job
+
+    folder = str(tiny_blip(tmp_path / "blip-base"))
+    _, db = open_store()
+    default = create_train_job(db=db, name="a", family="blip", dataset=synth_dataset, options={"base_model": folder})
+    given = create_train_job(
+        db=db, name="b", family="blip", dataset=synth_dataset, options={"base_model": folder, "patience": 5}
+    )
+    lstm = create_train_job(db=db, name="c", family="cnn-lstm", dataset=synth_dataset, options={})
+    with session_scope(db) as session:
+        patience = [get_job(session=session, job_id=j).params["options"]["patience"] for j in (default, given, lstm)]
+    assert patience == [2, 5, 3]

@@ -33,6 +33,10 @@ def train(**values: Any) -> None:
             --lr 5e-5 --batch-size 16 --device cuda
         vicap-jobs train uit-clipcap --family clipcap --vision-model ~/hf/clip-vit-base-patch32 \\
             --text-model ~/hf/gpt2-vietnamese --dataset uitviic --set mapping_type=transformer --set prefix_length=10
+        vicap-jobs train uit-vit-bartpho --family vit-seq2seq --vision-model ~/hf/vit-base-patch16-224-in21k \\
+            --text-model ~/hf/bartpho-syllable --dataset uitviic --frozen-backbone
+        vicap-jobs train uit-blip2 --family blip2-lora --base-model ~/hf/blip2-opt-2.7b --dataset uitviic \\
+            --set lora_r=16 --set lora_targets=q_proj,k_proj --grad-accum 4 --device cuda
     """
 
     name, family, dataset, options = options_from_cli(values)

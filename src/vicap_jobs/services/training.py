@@ -33,6 +33,10 @@ from vicap_jobs.training.options import TrainOptions
 
 log = logging.getLogger(__name__)
 
+# Early-stopping patience of the vision-language families unless given: the study's 2 epochs (a
+# fine-tuned pretrained model overfits a small set within a few epochs; CNN+LSTM keeps its tuned 3).
+PRETRAINED_PATIENCE = 2
+
 
 def train_options(values: dict[str, Any]) -> TrainOptions:
     """TrainOptions from plain (JSON) values; unknown keys are an error naming them."""
@@ -56,6 +60,8 @@ def create_train_job(
     spec = get_family(family)
     ds = get_dataset(db=db, name=dataset)
     ensure_name_free(db=db, name=name)
+    if spec.pretrained:
+        options = {"patience": PRETRAINED_PATIENCE, **options}
     parsed = train_options(options)
     if spec.pretrained:
         # Imports torch: only a vision-language train job checks its folders and family options now.
