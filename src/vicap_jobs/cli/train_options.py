@@ -96,6 +96,11 @@ def train_arguments(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--batch-size", type=click.IntRange(1), help="Captions per optimizer step (default 32)."),
         click.option("--grad-accum", type=click.IntRange(1), help="Micro-batches per optimizer step (default 1)."),
+        click.option(
+            "--max-len",
+            type=click.IntRange(3, 512),
+            help="Tokens per training caption, BOS and EOS included (default 32); longer ones are cut, with a warning.",
+        ),
         click.option("--label-smoothing", type=click.FloatRange(0, 0.5), help="Cross-entropy label smoothing."),
         click.option("--patience", type=click.IntRange(1), help="Epochs without improvement before stopping."),
         click.option("--early-stop-on", type=choices.EARLY_STOP_ON, help="Early-stopping metric."),

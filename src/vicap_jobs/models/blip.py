@@ -7,8 +7,9 @@ by an external LLM. Here the text side is a tokenizer that keeps every diacritic
 captions. A new tokenizer's ids mean nothing to the pretrained word embeddings, so
 the text decoder's embedding table (tied to its output layer) is resized to the
 tokenizer and drawn afresh; its transformer layers and cross-attention keep their
-pretraining. With ``--tokenizer DIR`` (a tokenizer that covers Vietnamese and the
-base model's own vocabulary) the embeddings are kept when the sizes agree.
+pretraining. With ``--tokenizer DIR`` naming the base folder's own tokenizer (every
+token at the same id) the pretrained rows are kept; any other vocabulary is drawn
+afresh, even at the same size.
 
 Model: the ViT image encoder's patch grid (B, 1 + N, D) is the feature; the BERT-style
 text decoder cross-attends to it (``forward``). Preprocessing is BLIP's processor:
@@ -28,9 +29,9 @@ import torch
 from torch import nn
 
 from vicap_jobs.data.images import CLIP_MEAN, CLIP_STD, Preprocessing
-from vicap_jobs.errors import InputError
+from vicap_jobs.errors import InputError, VicapError
 from vicap_jobs.models.checkpoint import HFLayout
-from vicap_jobs.models.hf_codec import HFTokenizerCodec
+from vicap_jobs.models.hf_codec import HFTokenizerCodec, load_tokenizer
 from vicap_jobs.models.pretrained import PretrainedCaptioner, from_local, pretrained_dir, reset_embeddings
 from vicap_jobs.models.registry import ModelFamily, get_family
 
@@ -90,13 +91,32 @@ class BlipCaptioner(PretrainedCaptioner):
         self.hf.save_pretrained(str(folder))
 
 
-def _use_codec(hf: Any, codec: HFTokenizerCodec) -> None:
-    """Size the text decoder's vocabulary to the codec and set its special ids."""
+def _speaks_base_vocab(codec: HFTokenizerCodec, folder: Path) -> bool:
+    """True when the base folder has a tokenizer and every one of its tokens has the same id in the codec."""
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
+        return False
+    try:
+        own = load_tokenizer(folder).get_vocab()
+    except VicapError:
+        return False
+    mine = codec.tokenizer.get_vocab()
+    return all(mine.get(token) == index for token, index in own.items())
+
+
+def _use_codec(hf: Any, codec: HFTokenizerCodec, *, same_vocab: bool) -> None:
+    """Size the text decoder's vocabulary to the codec and set its special ids.
+
+    The base tokenizer's own ids keep their pretrained rows; any other vocabulary's ids
+    mean nothing to them (even at the same size), so every row is drawn afresh.
+    """
     decoder = hf.text_decoder
-    old_size = decoder.get_input_embeddings().num_embeddings
-    if old_size != len(codec):
+    if decoder.get_input_embeddings().num_embeddings != len(codec):
         decoder.resize_token_embeddings(len(codec), mean_resizing=False)
-        reset_embeddings(decoder.get_input_embeddings())  # tied to the output layer
+    if not same_vocab:
+        reset_embeddings(decoder.get_input_embeddings())  # tied to the output layer in BLIP checkpoints
+        head = decoder.get_output_embeddings()
+        if head is not None and head.weight is not decoder.get_input_embeddings().weight:
+            reset_embeddings(head)
         bias = getattr(decoder.cls.predictions, "bias", None)
         if bias is not None:
             nn.init.zeros_(bias)
@@ -117,7 +137,7 @@ def build(config: BlipCaptionConfig, *, codec: HFTokenizerCodec) -> BlipCaptione
     hf = from_local(BlipForConditionalGeneration.from_pretrained, folder, what="BLIP base model", dtype=torch.float32)
     if not hasattr(hf, "text_decoder"):
         raise InputError(f"{folder} is not a BLIP captioning model (BlipForConditionalGeneration)")
-    _use_codec(hf, codec)
+    _use_codec(hf, codec, same_vocab=_speaks_base_vocab(codec, folder))
     image_size = int(hf.config.to_dict()["vision_config"]["image_size"])
     config = dataclasses.replace(config, base_model=str(folder), image_size=image_size)
     config.validate()

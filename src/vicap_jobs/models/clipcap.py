@@ -76,6 +76,7 @@ TEXT_IDS = "NlpHUST/gpt2-vietnamese or imthanhlv/gpt2news"
 MAPPING_TYPES = ("mlp", "transformer")
 IMAGE_EMBEDDINGS = ("pooled", "projected")  # CLIPVisionModel pooler_output | CLIPModel image_embeds
 CLIP_TYPES = ("clip", "clip_vision_model")  # config.json model_type of the folders --vision-model takes
+FP32 = "float32"  # training loads: fp32 whatever dtype a folder was saved in (transformers 5 keeps the saved one)
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")  # any one: the folder has a tokenizer
 MODEL_TYPE = "vicap-clipcap"  # hf/config.json of a checkpoint
 MAPPER_FIELDS = ("mapping_type", "prefix_length", "clip_length", "mapper_layers", "mapper_heads", "image_embedding")
@@ -289,11 +290,11 @@ def _load_clip(folder: Path) -> tuple[Any, str]:
     if model_type not in CLIP_TYPES:
         raise InputError(f"{folder} is not a CLIP model (model_type {model_type!r}); give a copy of {VISION_IDS}")
     if model_type == "clip_vision_model" and "CLIPVisionModelWithProjection" not in architectures:
-        return from_local(CLIPVisionModel.from_pretrained, folder, what="CLIP vision model"), "pooled"
+        return from_local(CLIPVisionModel.from_pretrained, folder, what="CLIP vision model", dtype=FP32), "pooled"
     if model_type == "clip_vision_model":
-        loaded = from_local(CLIPVisionModelWithProjection.from_pretrained, folder, what="CLIP vision model")
+        loaded = from_local(CLIPVisionModelWithProjection.from_pretrained, folder, what="CLIP vision model", dtype=FP32)
         return loaded, "projected"
-    full: Any = from_local(CLIPModel.from_pretrained, folder, what="CLIP model")
+    full: Any = from_local(CLIPModel.from_pretrained, folder, what="CLIP model", dtype=FP32)
     vision_config = full.config.vision_config  # a CLIPVisionConfig
     vision_config.projection_dim = full.config.projection_dim  # lives on the CLIPConfig, not its vision part
     vision = CLIPVisionModelWithProjection(vision_config)
@@ -334,7 +335,10 @@ def _use_codec(gpt2: Any, codec: HFTokenizerCodec, *, same_vocab: bool) -> bool:
     if gpt2.get_input_embeddings().num_embeddings != len(codec):
         gpt2.resize_token_embeddings(len(codec), mean_resizing=False)
     if fresh:
-        reset_embeddings(gpt2.get_input_embeddings())  # tied to lm_head
+        reset_embeddings(gpt2.get_input_embeddings())  # tied to lm_head in GPT-2 checkpoints
+        head = gpt2.get_output_embeddings()
+        if head is not None and head.weight is not gpt2.get_input_embeddings().weight:
+            reset_embeddings(head)  # an untied head's rows would keep the old ids' meanings
     gpt2.config.vocab_size = gpt2.get_input_embeddings().num_embeddings
     gpt2.config.bos_token_id, gpt2.config.eos_token_id = codec.bos_id, codec.eos_id
     gpt2.config.pad_token_id = codec.pad_id
@@ -348,7 +352,7 @@ def build(config: ClipCapConfig, *, codec: HFTokenizerCodec) -> ClipCapCaptioner
     )
     text_folder = pretrained_dir(config.text_model, what="GPT-2 model", option="--text-model", model_ids=TEXT_IDS)
     clip, image_embedding = _load_clip(vision_folder)
-    gpt2 = _load_gpt2(text_folder, what="GPT-2 model")
+    gpt2 = _load_gpt2(text_folder, what="GPT-2 model", dtype=FP32)
     fresh = _use_codec(gpt2, codec, same_vocab=_speaks_model_vocab(codec, text_folder))
     config = dataclasses.replace(
         config,

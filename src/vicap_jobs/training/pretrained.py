@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -63,6 +64,8 @@ from vicap_jobs.training.options import TrainOptions, TrainProgress, TrainResult
 # TrainOptions fields naming local pretrained folders, by the config field they fill.
 PRETRAINED_INPUTS = {"vision_model": "--vision-model", "text_model": "--text-model", "base_model": "--base-model"}
 IGNORE = -100  # cross-entropy target that is not scored
+CUT_WARN_FRACTION = 0.01  # more cut captions than this share is a warning naming the fix
+log = logging.getLogger(__name__)
 
 
 def make_codec(config: Any, options: TrainOptions, train: Sequence[CaptionSample]) -> HFTokenizerCodec:
@@ -82,29 +85,58 @@ def make_codec(config: Any, options: TrainOptions, train: Sequence[CaptionSample
 
 
 def encode_split(samples: Sequence[CaptionSample], codec: HFTokenizerCodec, max_len: int) -> EncodedCaptions:
-    """Every non-empty caption of every sample as ``[bos .. eos]`` (cut to ``max_len`` ids)."""
+    """Every non-empty caption of every sample as ``[bos .. eos]`` (cut to ``max_len`` ids).
+
+    ``max_len`` counts tokenizer ids, not syllables: an English byte-level tokenizer spends
+    two or three ids on an accented syllable, so cut captions (which would teach the model
+    to stop mid-sentence) are counted and reported (:func:`warn_if_cut`).
+    """
     ids: list[list[int]] = []
     image_row: list[int] = []
     captions_of_image: list[list[int]] = []
+    cut = 0
     for row, sample in enumerate(samples):
         mine: list[int] = []
         for caption in sample.captions:
-            encoded = codec.encode_caption(caption, max_len=max_len)
-            if len(encoded) <= 2:
+            text_ids = codec.encode_text(caption)
+            if not text_ids:
                 continue  # nothing left after normalization
+            cut += len(text_ids) + 2 > max_len
             mine.append(len(ids))
-            ids.append(encoded)
+            ids.append([codec.bos_id, *text_ids[: max_len - 2], codec.eos_id])
             image_row.append(row)
         captions_of_image.append(mine)
+    warn_if_cut(cut, len(ids), max_len)
     return EncodedCaptions(ids=ids, image_row=image_row, captions_of_image=captions_of_image)
 
 
-def caption_loss(model: nn.Module, features: Tensor, batch: CaptionBatch, device: torch.device) -> tuple[Tensor, int]:
+def warn_if_cut(cut: int, total: int, max_len: int) -> None:
+    """Log how many captions ``max_len`` cuts; above CUT_WARN_FRACTION it names the fix."""
+    if cut and cut > CUT_WARN_FRACTION * total:
+        log.warning(
+            "%d of %d captions are longer than max_len=%d tokenizer ids and are cut (the model learns to stop "
+            "early); raise --max-len or use --tokenizer train (a Vietnamese BPE needs fewer ids per syllable)",
+            cut,
+            total,
+            max_len,
+        )
+    elif cut:
+        log.info("%d of %d captions are cut at max_len=%d tokenizer ids", cut, total, max_len)
+
+
+def caption_loss(
+    model: nn.Module, features: Tensor, batch: CaptionBatch, device: torch.device, label_smoothing: float = 0.0
+) -> tuple[Tensor, int]:
     """Mean cross-entropy over each caption's targets up to its EOS, and how many targets that is."""
     per_caption = features.index_select(0, batch.image_row.to(device))  # (B_cap, ...)
     logits = model(per_caption, batch.tokens_in.to(device))  # (B_cap, T, V)
     targets = batch.targets.masked_fill(~batch.mask, IGNORE).to(device)  # (B_cap, T)
-    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
+    loss = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE,
+        label_smoothing=label_smoothing,
+    )
     return loss, batch.n_tokens
 
 
@@ -186,7 +218,8 @@ class PretrainedEpochs:
         for i, (rows, image_input) in enumerate(self._inputs(self.train, batches)):
             batch = batch_for_images(self.train.encoded, rows, pad_id=self.codec.pad_id)
             with self._autocast():
-                loss, n_tokens = caption_loss(model, self._features(self.train, image_input), batch, self.device)
+                features = self._features(self.train, image_input)
+                loss, n_tokens = caption_loss(model, features, batch, self.device, options.label_smoothing)
             if not torch.isfinite(loss):
                 raise VicapError(
                     f"training diverged (loss {loss.item()}); lower the learning rate (now {options.lr:g})"

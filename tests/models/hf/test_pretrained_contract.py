@@ -197,3 +197,36 @@ def test_images_left_without_captions_are_dropped_and_rows_renumbered(colours: l
     assert [s.image_id for s in split.samples] == [colours[0].image_id, colours[1].image_id]
     assert split.encoded.captions_of_image == [[0, 1], [2, 3]] and split.encoded.image_row == [0, 0, 1, 1]
     assert split.encoded.ids[2] == codec.encode_caption(colours[1].captions[0], max_len=12)
+
+
+def test_captions_cut_by_max_len_are_reported(colours: list[CaptionSample], caplog: pytest.LogCaptureFixture) -> None:
+    from vicap_jobs.models.hf_codec import train_caption_tokenizer
+    from vicap_jobs.training.pretrained import encode_split
+
+    codec = train_caption_tokenizer([c for s in colours for c in s.captions], vocab_size=300)
+    longest = max(len(codec.encode_text(c)) for s in colours for c in s.captions)
+    encoded = encode_split(colours, codec, max_len=longest + 2)
+    assert not caplog.records and all(ids[-1] == codec.eos_id for ids in encoded.ids)
+    encode_split(colours, codec, max_len=4)
+    assert "captions are longer than max_len=4 tokenizer ids" in caplog.text and "--max-len" in caplog.text
+    cut = encode_split(colours, codec, max_len=4)
+    assert all(len(ids) == 4 and ids[-1] == codec.eos_id for ids in cut.ids)
+
+
+def test_label_smoothing_reaches_the_training_loss(colours: list[CaptionSample]) -> None:
+    from vicap_jobs.models.hf_codec import train_caption_tokenizer
+    from vicap_jobs.training.batches import batch_for_images
+    from vicap_jobs.training.pretrained import caption_loss, encode_split
+
+    codec = train_caption_tokenizer([c for s in colours for c in s.captions], vocab_size=300)
+    encoded = encode_split(colours[:2], codec, max_len=12)
+    batch = batch_for_images(encoded, [0, 1], pad_id=codec.pad_id)
+
+    class Uniformish(torch.nn.Module):
+        def forward(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+            logits = torch.zeros(*tokens.shape, len(codec))
+            return logits.scatter(2, tokens.unsqueeze(2) % len(codec), 5.0)
+
+    plain, _ = caption_loss(Uniformish(), torch.zeros(2, 1), batch, torch.device("cpu"))
+    smoothed, _ = caption_loss(Uniformish(), torch.zeros(2, 1), batch, torch.device("cpu"), label_smoothing=0.1)
+    assert smoothed.item() != pytest.approx(plain.item())
