@@ -218,3 +218,31 @@ def test_models_show_survives_a_missing_checkpoint(vicap_env: Path, tmp_path: Pa
     result = CliRunner().invoke(cli, ["models", "show", "gone"], prog_name="vicap-jobs", terminal_width=250)
     assert result.exit_code == 0, result.output
     assert "unknown: checkpoint folder" in result.output and "does not exist" in result.output
+
+
+def test_jobs_leave_a_measured_default_to_the_worker_that_runs_them(
+    vicap_env: Path, blip_trained: ModelArtifacts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Submitting measures nothing (the submitting machine is not the worker); the worker's EngineCache does, once."""
+    from vicap_jobs.cli.common import open_store
+    from vicap_jobs.services.model_engines import EngineCache
+    from vicap_jobs.services.models import engine_for_job, model_by_id
+
+    _, db = open_store()
+    model_id = register_model(
+        db=db, name="tiny-blip", family="blip", backbone=None, artifact_dir=str(blip_trained.checkpoint_dir),
+        hyperparameters={}, vocabulary=None, tokenization=None, image_size=32, dataset_id=None,
+        trained_by_job_id=None,
+    )  # fmt: skip
+    monkeypatch.setattr(choice, "time_forward", no_timer)
+    blip = model_by_id(db=db, model_id=model_id)
+    assert engine_for_job(blip, None) is None  # nothing measured at submit
+    assert engine_for_job(blip, "torch") == "torch"
+    lstm = model_ref(ModelArtifacts(Path("/nowhere")), family="cnn-lstm")
+    assert engine_for_job(lstm, None) == "torch"  # a static default is resolved at once
+
+    monkeypatch.setattr(choice, "time_forward", fake_timer(torch=3.0, int8=1.0))
+    engines = EngineCache(db=db, device="cpu", threads=1)
+    assert engines.get(model_id, None).name == "int8"  # measured on this worker
+    monkeypatch.setattr(choice, "time_forward", no_timer)
+    assert engines.get(model_id, None) is engines.get(model_id, "int8")  # resolved once, one loaded engine

@@ -96,6 +96,8 @@ def show(job_id: int) -> None:
     for key in ("folder", "model", "engine", "dataset", "split", "name", "family"):
         if s.params.get(key) is not None:
             rows.append((key, s.params[key]))
+        elif key == "engine" and "engine" in s.params:
+            rows.append((key, "the model's default, measured by the worker"))
     print_table(f"job {s.id}", ["field", "value"], [(k, v) for k, v in rows if v is not None])
     if s.children:
         print_table(

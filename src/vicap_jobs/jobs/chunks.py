@@ -155,7 +155,7 @@ def give_up_chunk(*, session: Session, chunk_id: int, reason: str) -> int | None
         session=session,
         job_id=job.id,
         model_id=job.model_id,
-        engine_name=str((job.params or {}).get("engine") or "torch"),
+        engine_name=str((job.params or {}).get("engine") or "default"),  # never run: no engine was chosen
         results=[CaptionResult(image_id, None, None, reason) for image_id in chunk.image_ids if image_id not in done],
     )
     return job.id

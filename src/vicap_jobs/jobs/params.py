@@ -27,7 +27,7 @@ class CaptionParams(JobParams):
 
     folder: str
     model: str
-    engine: str
+    engine: str | None  # None: the default engine, measured by the worker that runs the job
     recursive: bool = False
     batch_size: PositiveInt = 16
     chunk_size: PositiveInt = 256
@@ -42,7 +42,7 @@ class EvaluateParams(JobParams):
     dataset: str
     split: Literal["train", "val", "test"]
     tokenization: Literal["syllable", "word"] = "syllable"
-    engine: str
+    engine: str | None  # None: the default engine, measured by the worker that runs the job
     batch_size: PositiveInt = 16
 
 

@@ -53,7 +53,9 @@ class EngineProvider(Protocol):
 
     device: str
 
-    def get(self, model_id: int, engine_name: str) -> Captioner: ...
+    def get(self, model_id: int, engine_name: str | None) -> Captioner:
+        """The engine ``engine_name`` of the model (None: the model's default engine on this worker)."""
+        ...
 
 
 @dataclass
@@ -93,7 +95,7 @@ def run_chunk(
             return outcome if cancelled else ChunkOutcome("skipped")
         start_job(session=session, job_id=job.id, device=engines.device)
         image_ids, job_id, model_id = list(chunk.image_ids), job.id, job.model_id
-        engine_name = str(job.params.get("engine") or "torch")
+        engine_name = job.params.get("engine")  # None: the worker's measured default
         batch_size = int(job.params.get("batch_size") or 8)
     try:
         if model_id is None:

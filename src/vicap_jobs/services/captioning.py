@@ -19,7 +19,7 @@ from vicap_jobs.jobs.chunks import create_chunks
 from vicap_jobs.jobs.lifecycle import create_job
 from vicap_jobs.jobs.params import CaptionParams
 from vicap_jobs.jobs.queues import device_label
-from vicap_jobs.services.models import resolve_engine_name, resolve_model
+from vicap_jobs.services.models import engine_for_job, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def create_caption_job(
     if batch_size <= 0:
         raise InputError("--batch-size must be positive")
     model_row = resolve_model(db=db, name=model)
-    engine = resolve_engine_name(model_row, engine_name, device="cpu" if gpu is None else f"cuda:{gpu}")
+    engine = engine_for_job(model_row, engine_name)
     report = WalkReport()
     paths = list(iter_image_files(Path(folder).expanduser().resolve(), recursive=recursive, report=report))
     if not paths:

@@ -29,7 +29,7 @@ from vicap_jobs.metrics.scores import CaptionScores, score_captions
 from vicap_jobs.pipeline.runner import EngineProvider, run_chunk
 from vicap_jobs.services.datasets import get_dataset, split_references
 from vicap_jobs.services.model_engines import EngineCache
-from vicap_jobs.services.models import resolve_engine_name, resolve_model
+from vicap_jobs.services.models import engine_for_job, resolve_model
 from vicap_jobs.services.runs import raise_unless_succeeded, run_job
 from vicap_jobs.settings import get_settings
 
@@ -152,7 +152,7 @@ def create_evaluate_job(
     check_tokenization(tokenization)
     model_ref = resolve_model(db=db, name=model)
     ds = get_dataset(db=db, name=dataset)
-    engine = resolve_engine_name(model_ref, engine_name, device="cpu" if gpu is None else f"cuda:{gpu}")
+    engine = engine_for_job(model_ref, engine_name)
     image_ids = _split_image_ids(db, ds.id, split)
     if not image_ids:
         raise InputError(f"data set {dataset!r} has no {split} images on disk to caption")

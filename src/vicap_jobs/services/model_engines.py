@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from vicap_jobs.engines import ModelArtifacts, load_engine
 from vicap_jobs.engines.base import CaptionEngine
 from vicap_jobs.engines.onnx_format import EXPORT_FORMAT
-from vicap_jobs.services.models import model_by_id
+from vicap_jobs.services.models import model_by_id, resolve_engine_name
 
 
 class EngineCache:
@@ -25,11 +25,22 @@ class EngineCache:
         self.device = device
         self.threads = threads
         self._engines: dict[tuple[int, str, str], CaptionEngine] = {}
+        self._defaults: dict[tuple[int, str], str] = {}  # (model id, export time) → its measured default here
 
-    def get(self, model_id: int, engine_name: str) -> CaptionEngine:
-        """The engine ``engine_name`` of model ``model_id``, loaded now if this process has not yet."""
+    def get(self, model_id: int, engine_name: str | None) -> CaptionEngine:
+        """The engine ``engine_name`` of model ``model_id``, loaded now if this process has not yet.
+
+        None is the model's default engine on this process's device, measured here once
+        (``services.models.resolve_engine_name``) when its family prefers an engine where faster.
+        """
         model = model_by_id(db=self.db, model_id=model_id)
-        key = (model.id, engine_name, model.exported_at.isoformat() if model.exported_at else "")
+        version = model.exported_at.isoformat() if model.exported_at else ""
+        if engine_name is None:
+            default_key = (model.id, version)
+            if default_key not in self._defaults:
+                self._defaults[default_key] = resolve_engine_name(model, None, device=self.device)
+            engine_name = self._defaults[default_key]
+        key = (model.id, engine_name, version)
         if key not in self._engines:
             exports = {EXPORT_FORMAT: Path(model.onnx_path)} if model.onnx_path else {}
             self._engines[key] = load_engine(

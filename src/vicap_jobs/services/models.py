@@ -119,6 +119,19 @@ def resolve_engine_name(model: ModelRef, requested: str | None, *, device: str =
     return requested
 
 
+def engine_for_job(model: ModelRef, requested: str | None) -> str | None:
+    """The engine a job records at submit time; None ("measured on the worker") for a measured default.
+
+    A family whose default is measured (its registry line prefers an engine when faster) is
+    measured by the worker that runs the job, on its own device and CPU, not by the machine
+    that submits it (``EngineCache.get`` resolves None with :func:`resolve_engine_name`).
+    Every other request is resolved and checked now.
+    """
+    if requested is None and get_family(model.family).prefer:
+        return None
+    return resolve_engine_name(model, requested)
+
+
 def register_model(
     *,
     db: Engine,
