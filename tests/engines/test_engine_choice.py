@@ -96,6 +96,8 @@ def test_a_failing_candidate_leaves_torch_with_the_reason(vicap_env: Path, blip_
 
     chosen = choose_engine(blip_trained, timer=fake_timer(torch=1.0), load=load)
     assert (chosen.engine, chosen.reason) == ("torch", "torch: int8 failed here (no int8 kernels here)")
+    assert chosen.failed and choice_files() == []  # not cached: a passing failure (OOM, broken install) is retried
+    assert choose_engine(blip_trained, timer=fake_timer(torch=2.0, int8=1.0)).engine == "int8"
 
 
 def test_the_choice_is_cached_per_weights_and_machine(
@@ -111,11 +113,36 @@ def test_the_choice_is_cached_per_weights_and_machine(
     assert choose_engine(blip_trained, threads=1, timer=fake_timer(torch=2.0, int8=1.0)).signature["threads"] == "1"
     monkeypatch.undo()
 
-    monkeypatch.setattr(choice, "weights_sha256", lambda path: "f" * 64)  # new weights: measured again
+    monkeypatch.setattr(choice, "weights_identity", lambda path: "f" * 64)  # new weights: measured again
     retrained = choose_engine(blip_trained, timer=fake_timer(torch=1.0, int8=2.0))
     assert retrained.engine == "torch" and retrained.weights == "f" * 64
     assert len(choice_files()) == 4
     assert not list((get_settings().cache_dir / CHOICE_DIR).glob("*.tmp"))  # written atomically
+    assert all(file.stat().st_mode & 0o044 == 0o044 for file in choice_files())  # other users' workers read them
+    assert first.signature["torchao"] != "none" and "transformers" in first.signature
+
+
+def test_a_cached_engine_the_family_lacks_is_measured_again(vicap_env: Path, blip_trained: ModelArtifacts) -> None:
+    choose_engine(blip_trained, timer=fake_timer(torch=2.0, int8=1.0))
+    (stored,) = choice_files()
+    stored.write_text(stored.read_text(encoding="utf-8").replace('"engine": "int8"', '"engine": "bogus"'), "utf-8")
+    assert choose_engine(blip_trained, timer=fake_timer(torch=1.0, int8=2.0)).engine == "torch"
+
+
+def test_the_weights_identity_follows_a_resave_without_reading_the_bytes(blip_trained: ModelArtifacts) -> None:
+    import os
+
+    from vicap_jobs.models.manifest import read_manifest, weight_files
+
+    before = choice.weights_identity(blip_trained.checkpoint_dir)
+    assert before == choice.weights_identity(blip_trained.checkpoint_dir)
+    first = weight_files(blip_trained.checkpoint_dir, read_manifest(blip_trained.checkpoint_dir))[0]
+    stat = first.stat()
+    os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    try:
+        assert choice.weights_identity(blip_trained.checkpoint_dir) != before
+    finally:
+        os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def test_a_corrupt_cache_file_is_measured_again(vicap_env: Path, blip_trained: ModelArtifacts) -> None:

@@ -13,10 +13,13 @@ equal the default's on at least :data:`MIN_AGREEMENT` of the images: int8 roundi
 may flip a near-tie between two tokens on one image, a broken path changes most.
 
 The result (engine, reason, timings, agreement, int8 path) is a JSON file under
-``<cache_dir>/engine-choice/``, one per (weights digest, machine signature): the
-CPU model, device, torch threads and torch version, and the calibration protocol,
-written atomically. A measurement that cannot run here (e.g. the device is absent)
-falls back to the static default and is not cached.
+``<cache_dir>/engine-choice/``, one per (weights identity, machine signature): the
+CPU model, device (and GPU model), torch threads, the torch / transformers / torchao /
+bitsandbytes versions, and the calibration protocol, written atomically. The weights
+identity is the weight files' paths, sizes and modification times (hashing 15 GB on
+every lookup would cost more than the choice saves). A measurement that cannot run
+here (the device is absent) or whose candidate failed (out of memory, a broken
+install) falls back to the static default and is not cached: it is tried again.
 
 This module imports no torch: the services read a cached choice without it.
 """
@@ -43,7 +46,7 @@ from PIL import Image
 from vicap_jobs.engines import load_engine
 from vicap_jobs.engines.base import CaptionEngine, DecodeOptions
 from vicap_jobs.errors import VicapError
-from vicap_jobs.models.manifest import ModelArtifacts, read_manifest, weights_sha256
+from vicap_jobs.models.manifest import ModelArtifacts, read_manifest, weight_files
 from vicap_jobs.models.registry import FamilySpec, get_family
 from vicap_jobs.settings import get_settings
 
@@ -71,7 +74,7 @@ class EngineChoice:
     static default; candidate: the engine measured against it (None: nothing measured);
     seconds: calibration time per engine; agreement: share of calibration images with
     identical ids; int8_path: the candidate's int8 path ("label, DEVICE") when it has one;
-    cached: read from the cache rather than measured now.
+    cached: read from the cache rather than measured now; failed: the candidate could not run.
     """
 
     engine: str
@@ -84,6 +87,7 @@ class EngineChoice:
     signature: dict[str, str] = field(default_factory=dict)
     weights: str | None = None
     cached: bool = False
+    failed: bool = False  # the candidate could not load or run here (never cached)
 
     def to_json(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if key != "cached"}
@@ -91,6 +95,20 @@ class EngineChoice:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> EngineChoice:
         return cls(**{**data, "cached": True})
+
+
+def weights_identity(checkpoint_dir: Path) -> str:
+    """A digest of the weight files' paths, sizes and modification times: which weights, without reading them.
+
+    Hashing the bytes (``weights_sha256``) costs 10-30 s for a 15 GB BLIP-2 on every
+    lookup; a retrained or re-saved checkpoint writes new files, so new times.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    digest = hashlib.sha256()
+    for file in weight_files(checkpoint_dir, read_manifest(checkpoint_dir)):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(checkpoint_dir).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def cpu_model() -> str:
@@ -108,7 +126,7 @@ def machine_signature(device: str, threads: int | None) -> dict[str, str]:
         torch_version = version("torch")
     except PackageNotFoundError:
         torch_version = "none"
-    return {
+    signature = {
         "cpu": cpu_model(),
         "cores": str(os.cpu_count()),
         "device": device,
@@ -116,6 +134,22 @@ def machine_signature(device: str, threads: int | None) -> dict[str, str]:
         "torch": torch_version,
         "protocol": str(PROTOCOL),
     }
+    for package in ("transformers", "torchao", "bitsandbytes"):  # their kernels decide int8 speed too
+        try:
+            signature[package] = version(package)
+        except PackageNotFoundError:
+            signature[package] = "none"
+    if device.startswith("cuda"):
+        signature["gpu"] = _gpu_name(device)
+    return signature
+
+
+def _gpu_name(device: str) -> str:
+    """The CUDA device's name (a GPU choice is measured per GPU model)."""
+    import torch  # only for a CUDA device, where the engines import torch anyway
+
+    index = int(device.partition(":")[2] or 0)
+    return str(torch.cuda.get_device_name(index)) if torch.cuda.is_available() else "absent"
 
 
 def cache_file(weights: str, signature: Mapping[str, str], candidates: Sequence[str]) -> Path:
@@ -125,7 +159,7 @@ def cache_file(weights: str, signature: Mapping[str, str], candidates: Sequence[
     return get_settings().cache_dir / CHOICE_DIR / f"{weights[:24]}-{digest}.json"
 
 
-def read_cached(path: Path, weights: str, signature: Mapping[str, str]) -> EngineChoice | None:
+def read_cached(path: Path, weights: str, signature: Mapping[str, str], engines: Sequence[str]) -> EngineChoice | None:
     """The choice stored at ``path`` when it is for these weights on this machine; else None."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -133,6 +167,8 @@ def read_cached(path: Path, weights: str, signature: Mapping[str, str]) -> Engin
     except (OSError, ValueError, TypeError):
         return None
     if choice.weights != weights or choice.signature != dict(signature):
+        return None
+    if choice.engine not in engines:  # a hand-edited or stale file never picks an engine the family lacks
         return None
     return choice
 
@@ -144,6 +180,7 @@ def write_atomic(path: Path, data: Mapping[str, Any]) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(dict(data), fh, ensure_ascii=False, indent=1)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600: workers running as another user read it too
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -211,9 +248,9 @@ def measure(
         for _ in range(REPEATS):  # alternating: a load change on a shared machine hits both alike
             for name, timed in ((default, reference), (candidate, engine)):
                 seconds[name] = min(seconds[name], timer(timed, pixels))
-    except (VicapError, RuntimeError, ValueError, ImportError) as exc:
+    except (VicapError, RuntimeError, ValueError, ImportError, TypeError, AttributeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return EngineChoice(default, f"{default}: {candidate} failed here ({first})", default, candidate)
+        return EngineChoice(default, f"{default}: {candidate} failed here ({first})", default, candidate, failed=True)
     precision = reference.precision
     path = _int8_path(engine)
     speedup = seconds[default] / max(seconds[candidate], 1e-9)
@@ -248,10 +285,10 @@ def choose_engine(
     default = spec.default_engine
     if not spec.prefer:
         return EngineChoice(default, f"{default}: the family's default", default)
-    weights = weights_sha256(artifacts.checkpoint_dir)
+    weights = weights_identity(artifacts.checkpoint_dir)
     signature = machine_signature(device, threads)
     path = cache_file(weights, signature, spec.prefer)
-    cached = read_cached(path, weights, signature)
+    cached = read_cached(path, weights, signature, spec.engine_names)
     if cached is not None:
         return cached
     log.info("measuring %s against %s once for this model on this machine", ", ".join(spec.prefer), default)
@@ -268,5 +305,6 @@ def choose_engine(
             break
     assert choice is not None  # spec.prefer is not empty
     choice = EngineChoice(**{**asdict(choice), "signature": signature, "weights": weights, "cached": False})
-    write_atomic(path, choice.to_json())
+    if not choice.failed:  # a candidate that failed (out of memory, a broken install) is tried again next time
+        write_atomic(path, choice.to_json())
     return choice
