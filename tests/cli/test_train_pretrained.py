@@ -138,3 +138,55 @@ def test_vision_language_jobs_stop_after_two_bad_epochs_unless_told(synth_datase
     with session_scope(db) as session:
         patience = [get_job(session=session, job_id=j).params["options"]["patience"] for j in (default, given, lstm)]
     assert patience == [2, 5, 3]
+
+
+def test_a_tokenizer_folder_is_made_absolute_and_checked_before_queueing(
+    synth_dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "blip-base"
+    _, _, _, options = options_from_cli(cli_values(family="blip", base_model=folder, tokenizer="tok"))
+    monkeypatch.chdir(tmp_path)
+    _, _, _, options = options_from_cli(cli_values(family="blip", base_model=folder, tokenizer="tok"))
+    assert options["tokenizer"] == str(tmp_path / "tok")
+    tiny_blip(folder)
+    result = invoke("submit", "train", "m", "--family", "blip", "--base-model", str(folder),
+                    "--dataset", synth_dataset, "--tokenizer", str(tmp_path / "missing-tok"))  # fmt: skip
+    assert (
+        result.exit_code == 1 and "tokenizer folder" in result.output and "missing-tok does not exist" in result.output
+    )
+    assert "train" not in invoke("jobs", "list").output
+
+
+def test_the_models_row_records_what_a_vision_language_trainer_read(synth_dataset: str, tmp_path: Path) -> None:
+    folder = tiny_blip(tmp_path / "blip-base")
+    result = invoke(
+        "train", "vl", "--family", "blip", "--base-model", str(folder), "--dataset", synth_dataset,
+        "--epochs", "1", "--tokenizer-vocab-size", "300",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    from vicap_jobs.cli.common import open_store
+    from vicap_jobs.services.models import resolve_model
+
+    _, db = open_store()
+    recorded = resolve_model(db=db, name="vl").hyperparameters
+    assert recorded["base_model"] == str(folder.resolve()) and recorded["patience"] == 2
+    assert not {"backbone", "image_size", "embed_dim", "progress_bar"} & set(recorded)
+
+
+def test_a_gpu_train_job_is_queued_from_a_machine_without_a_gpu(synth_dataset: str) -> None:
+    """The worker pinned to the GPU checks CUDA; the submitting machine only checks the device's spelling."""
+    import torch
+
+    from vicap_jobs.cli.common import open_store
+    from vicap_jobs.errors import InputError
+    from vicap_jobs.services.training import create_train_job
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    _, db = open_store()
+    job_id = create_train_job(
+        db=db, name="g", family="cnn-lstm", dataset=synth_dataset, options={"device": "cuda"}, gpu=0
+    )
+    assert job_id > 0
+    with pytest.raises(InputError, match="device"):
+        create_train_job(db=db, name="h", family="cnn-lstm", dataset=synth_dataset, options={"device": "tpu"})

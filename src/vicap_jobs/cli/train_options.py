@@ -170,6 +170,9 @@ def _pretrained_options(values: dict[str, Any], inputs: Iterable[str], family: s
     options: dict[str, Any] = {k: v for k, v in values.items() if v is not None and k not in FOLDER_FLAGS}
     for key in inputs:
         options[key] = str(Path(values[key]).expanduser().resolve())
+    tokenizer = options.get("tokenizer")
+    if tokenizer is not None and tokenizer != "train":
+        options["tokenizer"] = str(Path(tokenizer).expanduser().resolve())  # the worker's cwd is not ours
     if overrides:
         options["config_overrides"] = overrides
     return options

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, select
 
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Model
-from vicap_jobs.devices import torch_device
+from vicap_jobs.devices import parse_device, torch_device
 from vicap_jobs.errors import InputError
 from vicap_jobs.jobs.context import RunContext
 from vicap_jobs.jobs.lifecycle import attach_model, create_job
@@ -38,15 +38,22 @@ log = logging.getLogger(__name__)
 PRETRAINED_PATIENCE = 2
 
 
-def train_options(values: dict[str, Any]) -> TrainOptions:
-    """TrainOptions from plain (JSON) values; unknown keys are an error naming them."""
+def train_options(values: dict[str, Any], *, check_device: bool = True) -> TrainOptions:
+    """TrainOptions from plain (JSON) values; unknown keys are an error naming them.
+
+    check_device: also check this machine can train on the device (imports torch); a job
+    being queued only checks the device's spelling, the worker that runs it checks the rest.
+    """
     known = {f.name for f in dataclasses.fields(TrainOptions)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise InputError(f"unknown training option(s): {', '.join(unknown)}")
     clean = {k: v for k, v in values.items() if v is not None}
     if "device" in clean:
-        torch_device(str(clean["device"]))  # this machine can train there (imports torch)
+        if check_device:
+            torch_device(str(clean["device"]))  # this machine can train there (imports torch)
+        else:
+            parse_device(str(clean["device"]))
     weights = clean.get("backbone_weights")
     if weights not in (None, "pretrained", "random"):
         clean["backbone_weights"] = Path(weights)
@@ -62,7 +69,7 @@ def create_train_job(
     ensure_name_free(db=db, name=name)
     if spec.pretrained:
         options = {"patience": PRETRAINED_PATIENCE, **options}
-    parsed = train_options(options)
+    parsed = train_options(options, check_device=False)
     if spec.pretrained:
         # Imports torch: only a vision-language train job checks its folders and family options now.
         from vicap_jobs.training.pretrained import check_pretrained_options
@@ -110,7 +117,7 @@ def run_training(ctx: RunContext) -> str:
         family=params.family,
         backbone=_built_from(spec.inputs, options) if spec.pretrained else options.backbone,
         artifact_dir=str(out_dir),
-        hyperparameters=params.options,
+        hyperparameters=_recorded(params.options) if spec.pretrained else params.options,
         vocabulary=str(result.codec_file),
         tokenization=str(manifest.get("tokenization") or options.tokenization),
         image_size=int(manifest.get("image_size") or options.image_size),
@@ -139,6 +146,18 @@ def _ensure_still_free(db: Engine, name: str, job_id: int) -> None:
             f"a model named {name!r} was registered after this job was submitted (by job {row.trained_by_job_id}); "
             "resubmit with another name"
         )
+
+
+# TrainOptions fields only the CNN+LSTM trainer reads: not recorded for a vision-language model.
+BACKBONE_ONLY_OPTIONS = frozenset(
+    {"backbone", "backbone_weights", "finetune_backbone", "image_size", "embed_dim", "hidden_dim",
+     "attention_dim", "dropout", "min_freq", "tokenization", "progress_bar"}
+)  # fmt: skip
+
+
+def _recorded(options: dict[str, Any]) -> dict[str, Any]:
+    """A vision-language model's options as the models row records them (what its trainer read)."""
+    return {key: value for key, value in options.items() if key not in BACKBONE_ONLY_OPTIONS}
 
 
 def _built_from(inputs: Iterable[str], options: TrainOptions) -> str:

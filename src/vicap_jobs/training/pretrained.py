@@ -344,6 +344,8 @@ def check_pretrained_options(family: str, options: TrainOptions) -> Any:
     config = config_from_options(spec.config_cls, options, **inputs)
     if hasattr(config, "validate"):
         config.validate()
+    if options.tokenizer not in (None, "train"):
+        load_tokenizer(Path(str(options.tokenizer)))  # a missing or unreadable folder is one line now
     return config
 
 
