@@ -214,14 +214,15 @@ def test_give_up_writes_error_rows_for_the_uncaptioned_images_only(any_db: Engin
     assert tuple(written) == ("onnx", model_id)  # the job's engine parameter
 
 
-def test_give_up_uses_torch_when_the_job_names_no_engine(any_db: Engine, tmp_path: Path) -> None:
+def test_give_up_records_the_default_engine_when_the_job_names_none(any_db: Engine, tmp_path: Path) -> None:
+    """No engine was ever loaded for these rows; a job without one leaves the choice to the worker."""
     (a,) = jobs.add_images(any_db, tmp_path / "img", 1)
     job_id = jobs.new_job(any_db, "export", {"model": "m"})
     with session_scope(any_db) as session:
         (chunk_id,) = chunks.create_chunks(session=session, job_id=job_id, image_ids=[a], chunk_size=1)
         assert chunks.give_up_chunk(session=session, chunk_id=chunk_id, reason="r") == job_id
     with session_scope(any_db) as session:
-        assert session.scalar(select(Caption.engine).where(Caption.job_id == job_id)) == "torch"
+        assert session.scalar(select(Caption.engine).where(Caption.job_id == job_id)) == "default"
 
 
 @pytest.mark.parametrize("status", ["done", "failed", "cancelled"])

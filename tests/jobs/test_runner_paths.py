@@ -139,11 +139,13 @@ def test_a_chunk_image_without_an_image_row_is_skipped(any_db: Engine, tmp_path:
     assert (outcome.status, outcome.n_ok) == ("done", 2)
 
 
-def test_missing_engine_and_batch_size_default_to_torch_and_8(any_db: Engine, tmp_path: Path) -> None:
+def test_missing_engine_asks_for_the_workers_default_and_batch_size_defaults_to_8(
+    any_db: Engine, tmp_path: Path
+) -> None:
     images, job_id, (chunk_id,), engines = _setup(any_db, tmp_path, 9, chunk_size=9)
     jobs.set_job(any_db, job_id, params={"folder": "/photos", "model": "spy"})
     assert run_chunk(db=any_db, chunk_id=chunk_id, engines=engines, worker_name="w").status == "done"
-    assert engines.asked == [(jobs.get_job(any_db, job_id).model_id, "torch")]
+    assert engines.asked == [(jobs.get_job(any_db, job_id).model_id, None)]  # EngineCache resolves None
     assert engines.engine.batches == [images[:8], images[8:]]
 
 
