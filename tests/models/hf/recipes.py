@@ -23,6 +23,7 @@ from tests.models.hf.tiny_blip2 import tiny_blip2
 from tests.models.hf.tiny_clipcap import tiny_clip_vision, tiny_gpt2
 from tests.models.hf.tiny_hf import tiny_blip
 from tests.models.hf.tiny_vit import vit_seq2seq_inputs
+from vicap_jobs.training.options import TrainOptions
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,23 @@ RECIPES: dict[str, Recipe] = {
         },
     ),
 }
+
+
+def tiny_options(inputs: dict[str, Any], overrides: dict[str, Any], **changes: Any) -> TrainOptions:
+    """TrainOptions of a tiny run on the colour set: the recipe's folders, ``overrides`` for the config, ``changes``."""
+    values: dict[str, Any] = dict(
+        epochs=4,
+        lr=3e-3,
+        batch_size=16,
+        warmup_steps=2,
+        tokenizer_vocab_size=300,
+        decode_max_len=8,
+        progress_bar=False,
+        max_len=12,
+    )
+    values.update(changes)
+    extra = dict(inputs.pop("config_overrides", {}))
+    return TrainOptions(**values, **inputs, config_overrides={**extra, **overrides})
 
 
 def recipe_variants() -> list[tuple[str, str]]:

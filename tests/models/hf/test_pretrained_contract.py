@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from tests.engines.int8_checks import check_int8_agrees
-from tests.models.hf.recipes import RECIPES, recipe_variants
+from tests.models.hf.recipes import RECIPES, recipe_variants, tiny_options
 from tests.training.conftest import make_colour_set
 from vicap_jobs.data.images import load_rgb
 from vicap_jobs.data.samples import CaptionSample
@@ -33,7 +33,7 @@ from vicap_jobs.models.checkpoint import load_checkpoint
 from vicap_jobs.models.hf_codec import HFTokenizerCodec
 from vicap_jobs.models.pretrained import PretrainedCaptioner
 from vicap_jobs.models.registry import get_family
-from vicap_jobs.training.options import TrainOptions, TrainResult
+from vicap_jobs.training.options import TrainResult
 from vicap_jobs.training.pretrained import train_pretrained
 
 VARIANTS = recipe_variants()
@@ -50,22 +50,6 @@ class Trained:
     @property
     def artifacts(self) -> ModelArtifacts:
         return ModelArtifacts(self.result.out_dir)
-
-
-def tiny_options(inputs: dict[str, Any], overrides: dict[str, Any], **changes: Any) -> TrainOptions:
-    values: dict[str, Any] = dict(
-        epochs=4,
-        lr=3e-3,
-        batch_size=16,
-        warmup_steps=2,
-        tokenizer_vocab_size=300,
-        decode_max_len=8,
-        progress_bar=False,
-        max_len=12,
-    )
-    values.update(changes)
-    extra = dict(inputs.pop("config_overrides", {}))
-    return TrainOptions(**values, **inputs, config_overrides={**extra, **overrides})
 
 
 @pytest.fixture(scope="module")
