@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from vicap_jobs.cli.main import cli
 from vicap_jobs.engines import ModelArtifacts, choice, load_engine
 from vicap_jobs.engines.choice import CHOICE_DIR, MIN_AGREEMENT, EngineChoice, choose_engine
-from vicap_jobs.errors import InputError
-from vicap_jobs.models.registry import FamilySpec, get_family
+from vicap_jobs.errors import InputError, NotFoundError
+from vicap_jobs.models.registry import FamilySpec
 from vicap_jobs.services.models import ModelRef, register_model, resolve_engine_name
 from vicap_jobs.settings import get_settings
 
@@ -164,7 +164,7 @@ def test_a_device_that_is_not_here_is_not_measured_nor_cached(
 
 
 def test_a_family_that_prefers_nothing_is_not_measured(blip_trained: ModelArtifacts) -> None:
-    spec = get_family("cnn-lstm")
+    spec = FamilySpec("x", "m", "d", {"onnx": "a:B", "torch": "a:C"})
     assert choose_engine(blip_trained, spec, timer=no_timer) == EngineChoice(
         "onnx", "onnx: the family's default", "onnx"
     )
@@ -185,9 +185,13 @@ def test_resolve_engine_name_measures_only_without_a_request(
     assert resolve_engine_name(blip, None) == "int8"
     monkeypatch.setattr(choice, "time_forward", no_timer)
     assert resolve_engine_name(blip, None) == "int8"  # cached
-    lstm = model_ref(ModelArtifacts(Path("/nowhere")), family="cnn-lstm")  # CNN+LSTM: the ONNX rule, unmeasured
-    assert resolve_engine_name(lstm, None) == "torch"
-    assert resolve_engine_name(model_ref(ModelArtifacts(Path("/nowhere")), "cnn-lstm", "/x/onnx"), None) == "onnx"
+    lstm = model_ref(ModelArtifacts(Path("/nowhere")), family="cnn-lstm")
+    with pytest.raises(NotFoundError, match="nowhere"):  # measured too (tests/engines/test_cnn_engine_choice.py)
+        resolve_engine_name(lstm, None)
+    with pytest.raises(InputError, match="has no ONNX export yet"):
+        resolve_engine_name(lstm, "openvino")
+    with pytest.raises(InputError, match="runs the int8 export, which model 'm' has not"):
+        resolve_engine_name(model_ref(ModelArtifacts(Path("/nowhere")), "cnn-lstm", "/x/onnx"), "onnx-int8")
 
 
 def test_models_show_prints_the_default_engine_and_why(
@@ -266,7 +270,8 @@ def test_jobs_leave_a_measured_default_to_the_worker_that_runs_them(
     assert engine_for_job(blip, None) is None  # nothing measured at submit
     assert engine_for_job(blip, "torch") == "torch"
     lstm = model_ref(ModelArtifacts(Path("/nowhere")), family="cnn-lstm")
-    assert engine_for_job(lstm, None) == "torch"  # a static default is resolved at once
+    assert engine_for_job(lstm, None) is None  # CNN+LSTM defaults are measured by the worker too
+    assert engine_for_job(lstm, "torch-bf16") == "torch-bf16"  # a request is resolved at once
 
     monkeypatch.setattr(choice, "time_forward", fake_timer(torch=3.0, int8=1.0))
     engines = EngineCache(db=db, device="cpu", threads=1)

@@ -83,8 +83,8 @@ def test_unknown_engine_lists_the_family_engines(long_model: ModelArtifacts) -> 
         load_engine("tensorrt", long_model)
     message = str(info.value)
     assert message.startswith("unknown engine 'tensorrt' for model family 'cnn-lstm")
-    assert message.endswith("choose one of: onnx, torch, torch-bf16")
-    with pytest.raises(UnknownEngineError, match="unknown engine 'int8'"):  # no family lists one yet
+    assert message.endswith("choose one of: onnx, torch, torch-bf16, onnx-int8, openvino, openvino-bf16, openvino-int8")
+    with pytest.raises(UnknownEngineError, match="unknown engine .int8."):  # the vision-language families' engine
         load_engine("int8", long_model)
 
 

@@ -45,7 +45,7 @@ from PIL import Image
 
 from vicap_jobs.engines import load_engine
 from vicap_jobs.engines.base import CaptionEngine, DecodeOptions
-from vicap_jobs.errors import VicapError
+from vicap_jobs.errors import EngineUnavailableError, NotFoundError, VicapError
 from vicap_jobs.models.manifest import ModelArtifacts, read_manifest, weight_files
 from vicap_jobs.models.registry import FamilySpec, get_family
 from vicap_jobs.settings import get_settings
@@ -56,11 +56,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHOICE_DIR = "engine-choice"
-PROTOCOL = 1  # bump when the calibration below changes: older cached choices are then measured again
+PROTOCOL = 2  # bump when the calibration below changes: older cached choices are then measured again
 N_IMAGES = 8
 MAX_LEN = 12
 MIN_AGREEMENT = 0.875  # 7 of 8 calibration images with identical ids
 REPEATS = 3  # timed runs per engine, alternating; the best counts
+
+# A candidate that cannot run with these files on this machine (no int8 export, no bf16 instructions, a library
+# not installed) is out for as long as the cache key holds; any other error is retried on the next lookup.
+UNAVAILABLE: tuple[type[BaseException], ...] = (EngineUnavailableError, NotFoundError, ModuleNotFoundError)
+FAILURES: tuple[type[BaseException], ...] = (
+    VicapError, RuntimeError, ValueError, ImportError, TypeError, AttributeError, MemoryError,
+)  # fmt: skip
+LIBRARIES = ("transformers", "torchao", "bitsandbytes", "onnxruntime", "openvino")  # their kernels decide speed
 
 Timer = Callable[[CaptionEngine, np.ndarray], float]
 Loader = Callable[..., CaptionEngine]
@@ -74,7 +82,8 @@ class EngineChoice:
     static default; candidate: the engine measured against it (None: nothing measured);
     seconds: calibration time per engine; agreement: share of calibration images with
     identical ids; int8_path: the candidate's int8 path ("label, DEVICE") when it has one;
-    cached: read from the cache rather than measured now; failed: the candidate could not run.
+    cached: read from the cache rather than measured now; failed: a candidate could not run;
+    agreements and skipped: every candidate's agreement, and why the unavailable ones are out.
     """
 
     engine: str
@@ -87,7 +96,9 @@ class EngineChoice:
     signature: dict[str, str] = field(default_factory=dict)
     weights: str | None = None
     cached: bool = False
-    failed: bool = False  # the candidate could not load or run here (never cached)
+    failed: bool = False  # a candidate could not load or run here (never cached)
+    agreements: dict[str, float] = field(default_factory=dict)  # every candidate that ran
+    skipped: dict[str, str] = field(default_factory=dict)  # candidates that cannot run here, and why
 
     def to_json(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if key != "cached"}
@@ -97,17 +108,25 @@ class EngineChoice:
         return cls(**{**data, "cached": True})
 
 
-def weights_identity(checkpoint_dir: Path) -> str:
-    """A digest of the weight files' paths, sizes and modification times: which weights, without reading them.
+def weights_identity(artifacts: ModelArtifacts | Path) -> str:
+    """A digest of the weight and export files' paths, sizes and modification times: which files, without reading them.
 
     Hashing the bytes (``weights_sha256``) costs 10-30 s for a 15 GB BLIP-2 on every
-    lookup; a retrained or re-saved checkpoint writes new files, so new times.
+    lookup; a retrained or re-saved checkpoint writes new files, so new times. The ONNX
+    export folder (and its int8 variant) counts too: exporting adds engines to measure.
     """
-    checkpoint_dir = Path(checkpoint_dir)
+    if not isinstance(artifacts, ModelArtifacts):
+        artifacts = ModelArtifacts(Path(artifacts))
+    checkpoint_dir = Path(artifacts.checkpoint_dir)
+    files = [(f, checkpoint_dir) for f in weight_files(checkpoint_dir, read_manifest(checkpoint_dir))]
+    for folder in {artifacts.export_dir(name) for name in artifacts.exports} | {checkpoint_dir / "onnx"}:
+        if folder.is_dir():
+            files += [(f, folder) for f in sorted(folder.rglob("*.onnx"))]
     digest = hashlib.sha256()
-    for file in weight_files(checkpoint_dir, read_manifest(checkpoint_dir)):
+    for file, root in files:
         stat = file.stat()
-        digest.update(f"{file.relative_to(checkpoint_dir).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        name = f"{root.name}/{file.relative_to(root).as_posix()}"
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
@@ -134,7 +153,7 @@ def machine_signature(device: str, threads: int | None) -> dict[str, str]:
         "torch": torch_version,
         "protocol": str(PROTOCOL),
     }
-    for package in ("transformers", "torchao", "bitsandbytes"):  # their kernels decide int8 speed too
+    for package in LIBRARIES:
         try:
             signature[package] = version(package)
         except PackageNotFoundError:
@@ -220,50 +239,116 @@ def _int8_path(engine: CaptionEngine) -> str | None:
     return f"{label}, {engine.device.upper()}" if label else None
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+@dataclass
+class _Candidate:
+    """One candidate's calibration: its engine once loaded, or why it is out."""
+
+    name: str
+    engine: CaptionEngine | None = None
+    agreement: float | None = None
+    unavailable: str | None = None  # cannot run with these files on this machine (cached like a measurement)
+    failed: str | None = None  # broke while loading or running (out of memory, a broken install): retried
+
+    def describe(self, precision: str, reference_seconds: float, seconds: float) -> str:
+        """Why this candidate did not win, in a few words."""
+        if self.unavailable is not None:
+            return f"{self.name} unavailable ({self.unavailable})"
+        if self.failed is not None:
+            return f"{self.name} failed here ({self.failed})"
+        what = self.label
+        if seconds > reference_seconds:
+            return f"{what} was {reference_seconds / max(seconds, 1e-9):.2f}x {precision} here"
+        return f"{what} gave the same tokens on only {self.agreement or 0.0:.0%} of images (< {MIN_AGREEMENT:.0%})"
+
+    @property
+    def label(self) -> str:
+        path = _int8_path(self.engine) if self.engine is not None else None
+        return f"{self.name} ({path})" if path else self.name
+
+
+def _load_candidate(
+    name: str,
+    artifacts: ModelArtifacts,
+    load: Loader,
+    pixels: np.ndarray,
+    reference_ids: list[list[int]],
+    **kwargs: Any,
+) -> _Candidate:
+    """Load candidate ``name`` and compare its ids with the reference's (also its warm-up run)."""
+    try:
+        engine = load(name, artifacts, **kwargs)
+        return _Candidate(name, engine, agreement(engine._forward(pixels), reference_ids))
+    except UNAVAILABLE as exc:
+        return _Candidate(name, unavailable=_first_line(exc))
+    except FAILURES as exc:
+        return _Candidate(name, failed=_first_line(exc))
+
+
 def measure(
     artifacts: ModelArtifacts,
     *,
     default: str,
-    candidate: str,
+    candidate: str | Sequence[str],
     device: str,
     threads: int | None,
     timer: Timer | None = None,
     load: Loader | None = None,
 ) -> EngineChoice:
-    """Calibrate ``candidate`` against ``default`` on this machine and decide (not cached here).
+    """Calibrate the candidate engines against ``default`` on this machine and decide (not cached here).
 
-    A default engine that cannot load raises; a candidate that cannot load or run gives
-    the default with the one-line reason.
+    The fastest candidate that takes no longer than the default and agrees with it on at least
+    :data:`MIN_AGREEMENT` of the images wins; otherwise the default stays, with each candidate's
+    reason. A default engine that cannot load raises; a candidate that cannot load or run is out.
     """
     load = load or load_engine
     timer = timer or time_forward
-    decode = DecodeOptions(beam_size=1, max_len=MAX_LEN)
-    reference = load(default, artifacts, device=device, threads=threads, decode=decode)
+    names = [candidate] if isinstance(candidate, str) else list(candidate)
+    options: dict[str, Any] = {
+        "device": device,
+        "threads": threads,
+        "decode": DecodeOptions(beam_size=1, max_len=MAX_LEN),
+    }
+    reference = load(default, artifacts, **options)
     pixels = reference.preprocess(calibration_images(reference.preprocessing.size))
     reference_ids = reference._forward(pixels)  # also its warm-up
-    seconds = {default: float("inf"), candidate: float("inf")}
-    try:
-        engine = load(candidate, artifacts, device=device, threads=threads, decode=decode)
-        agreed = agreement(engine._forward(pixels), reference_ids)
-        for _ in range(REPEATS):  # alternating: a load change on a shared machine hits both alike
-            for name, timed in ((default, reference), (candidate, engine)):
-                seconds[name] = min(seconds[name], timer(timed, pixels))
-    except (VicapError, RuntimeError, ValueError, ImportError, TypeError, AttributeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return EngineChoice(default, f"{default}: {candidate} failed here ({first})", default, candidate, failed=True)
+    candidates = [_load_candidate(name, artifacts, load, pixels, reference_ids, **options) for name in names]
+    running = [c for c in candidates if c.engine is not None]
+    seconds = {name: float("inf") for name in [default, *names]}
+    for _ in range(REPEATS):  # alternating: a load change on a shared machine hits every engine alike
+        for name, engine in [(default, reference), *((c.name, c.engine) for c in running)]:
+            try:
+                assert engine is not None
+                seconds[name] = min(seconds[name], timer(engine, pixels))
+            except FAILURES as exc:
+                broken = next(c for c in running if c.name == name)
+                broken.engine, broken.failed = None, _first_line(exc)
+        running = [c for c in running if c.engine is not None]
     precision = reference.precision
-    path = _int8_path(engine)
-    speedup = seconds[default] / max(seconds[candidate], 1e-9)
-    what = f"{candidate} ({path})" if path else candidate
-    if seconds[candidate] > seconds[default]:
-        engine_name, reason = default, f"{default}: {what} was {speedup:.2f}x {precision} here"
-    elif agreed < MIN_AGREEMENT:
-        engine_name = default
-        reason = f"{default}: {what} gave the same tokens on only {agreed:.0%} of images (< {MIN_AGREEMENT:.0%})"
-    else:
-        engine_name = candidate
-        reason = f"{what}: {speedup:.2f}x {precision} on this machine, {agreed:.0%} same tokens"
-    return EngineChoice(engine_name, reason, default, candidate, seconds, agreed, path)
+    winners = [c for c in running if seconds[c.name] <= seconds[default] and (c.agreement or 0.0) >= MIN_AGREEMENT]
+    agreements = {c.name: c.agreement for c in candidates if c.agreement is not None}
+    skipped = {c.name: c.unavailable for c in candidates if c.unavailable is not None}
+    measured = {name: value for name, value in seconds.items() if value != float("inf")}
+    failed = any(c.failed is not None for c in candidates)
+    if winners:
+        best = min(winners, key=lambda c: seconds[c.name])
+        speedup = seconds[default] / max(seconds[best.name], 1e-9)
+        reason = f"{best.label}: {speedup:.2f}x {precision} on this machine, {best.agreement:.0%} same tokens"
+        assert best.engine is not None
+        return EngineChoice(
+            best.name, reason, default, best.name, measured, best.agreement, _int8_path(best.engine),
+            agreements=agreements, skipped=skipped, failed=failed,
+        )  # fmt: skip
+    why = "; ".join(c.describe(precision, seconds[default], seconds[c.name]) for c in candidates)
+    shown = candidates[0] if len(candidates) == 1 else None
+    path = _int8_path(shown.engine) if shown is not None and shown.engine is not None else None
+    return EngineChoice(
+        default, f"{default}: {why}", default, names[0] if len(names) == 1 else None, measured,
+        shown.agreement if shown is not None else None, path, agreements=agreements, skipped=skipped, failed=failed,
+    )  # fmt: skip
 
 
 def choose_engine(
@@ -274,36 +359,33 @@ def choose_engine(
     threads: int | None = None,
     timer: Timer | None = None,
     load: Loader | None = None,
+    reference: str | None = None,
 ) -> EngineChoice:
     """The default engine of the model at ``artifacts`` on this machine (measured once, then cached).
 
     spec: the model's family (default: read from the manifest). A family that prefers
-    nothing gets its static default unmeasured. Candidates are tried in ``spec.prefer``
-    order; the first that wins is chosen.
+    nothing gets its static default unmeasured. Every engine of ``spec.prefer`` is measured
+    against ``reference`` (default: the family's default engine; a CNN+LSTM model not yet
+    exported is measured against ``torch``) and the fastest that agrees wins.
     """
     spec = spec or get_family(read_manifest(artifacts.checkpoint_dir)["family"])
-    default = spec.default_engine
+    default = reference or spec.default_engine
     if not spec.prefer:
         return EngineChoice(default, f"{default}: the family's default", default)
-    weights = weights_identity(artifacts.checkpoint_dir)
+    candidates = [name for name in spec.prefer if name != default]
+    weights = weights_identity(artifacts)  # a missing checkpoint raises: there is nothing to caption with
     signature = machine_signature(device, threads)
-    path = cache_file(weights, signature, spec.prefer)
+    path = cache_file(weights, signature, [default, *candidates])
     cached = read_cached(path, weights, signature, spec.engine_names)
     if cached is not None:
         return cached
-    log.info("measuring %s against %s once for this model on this machine", ", ".join(spec.prefer), default)
-    choice: EngineChoice | None = None
-    for candidate in spec.prefer:
-        try:
-            choice = measure(
-                artifacts, default=default, candidate=candidate, device=device, threads=threads, timer=timer, load=load
-            )
-        except (VicapError, RuntimeError) as exc:  # the default itself cannot run here: nothing to compare
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            return EngineChoice(default, f"{default}: not measured on {device} here ({first})", default)
-        if choice.engine == candidate:
-            break
-    assert choice is not None  # spec.prefer is not empty
+    log.info("measuring %s against %s once for this model on this machine", ", ".join(candidates), default)
+    try:
+        choice = measure(
+            artifacts, default=default, candidate=candidates, device=device, threads=threads, timer=timer, load=load
+        )
+    except (VicapError, RuntimeError) as exc:  # the default itself cannot run here: nothing to compare
+        return EngineChoice(default, f"{default}: not measured on {device} here ({_first_line(exc)})", default)
     choice = EngineChoice(**{**asdict(choice), "signature": signature, "weights": weights, "cached": False})
     if not choice.failed:  # a candidate that failed (out of memory, a broken install) is tried again next time
         write_atomic(path, choice.to_json())

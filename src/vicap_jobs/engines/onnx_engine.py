@@ -1,4 +1,7 @@
-"""onnxruntime engine: ``encoder_model.onnx`` once per batch, ``decoder_model.onnx`` once per step.
+"""onnxruntime engines: ``encoder_model.onnx`` once per batch, ``decoder_model.onnx`` once per step.
+
+``onnx`` runs the fp32 export; ``onnx-int8`` its static int8 variant (``<export>/int8``,
+int8 encoder, the same fp32 decoder).
 
 The decoder session is wrapped as a ``step_fn`` over torch tensors so the
 shared greedy/beam search of :mod:`vicap_jobs.models.decoding` drives it
@@ -21,11 +24,11 @@ import torch
 
 from vicap_jobs.devices import parse_device
 from vicap_jobs.engines.base import CaptionEngine, DecodeOptions
-from vicap_jobs.engines.onnx_format import EXPORT_FORMAT, INPUT_IDS, LOGITS, PIXELS, OnnxExport
+from vicap_jobs.engines.onnx_format import INPUT_IDS, LOGITS, PIXELS, OnnxExport, open_export
 from vicap_jobs.errors import InputError, VicapError
 from vicap_jobs.models.codec import load_codec
 from vicap_jobs.models.decoding import DecoderState
-from vicap_jobs.models.manifest import ModelArtifacts, weights_sha256
+from vicap_jobs.models.manifest import ModelArtifacts
 
 
 def select_providers(device: str) -> list[str | tuple[str, dict[str, str]]]:
@@ -118,20 +121,8 @@ class OnnxEngine(CaptionEngine):
         decode: DecodeOptions | None = None,
         threads: int | None = None,
     ) -> OnnxEngine:
-        """Open the ONNX export of ``artifacts`` (default ``<checkpoint>/onnx``); refuse a stale one."""
-        checkpoint_dir = Path(artifacts.checkpoint_dir)
-        onnx_dir = artifacts.export_dir(EXPORT_FORMAT)
-        if not onnx_dir.is_dir():
-            raise VicapError(
-                f"no ONNX export at {onnx_dir}; run `vicap-jobs export onnx MODEL` first "
-                f"(or pass the export folder), or use engine 'torch'"
-            )
-        export = OnnxExport.read(onnx_dir)
-        if export.checkpoint_sha256 != weights_sha256(checkpoint_dir):
-            raise VicapError(
-                f"ONNX export {onnx_dir} was made from other weights than checkpoint {checkpoint_dir}; "
-                "run `vicap-jobs export onnx MODEL` again"
-            )
+        """Open the ONNX export of ``artifacts`` (default ``<checkpoint>/onnx``); refuse a missing or stale one."""
+        export = open_export(artifacts, int8=cls.precision == "int8", engine=cls.name)
         return cls(export, device=device, decode=decode, threads=threads)
 
     def encode(self, pixels: np.ndarray) -> DecoderState:
@@ -142,3 +133,10 @@ class OnnxEngine(CaptionEngine):
     @torch.inference_mode()
     def _forward(self, pixels: np.ndarray) -> list[list[int]]:
         return self._search(self.step_fn, self.encode(pixels), pixels.shape[0])
+
+
+class OnnxInt8Engine(OnnxEngine):
+    """onnxruntime on the static int8 export (``export onnx --quantize int8``): int8 encoder, fp32 decoder step."""
+
+    name = "onnx-int8"
+    precision = "int8"

@@ -35,7 +35,15 @@ STEP_ENGINES: dict[str, str] = {
     "onnx": "vicap_jobs.engines.onnx_engine:OnnxEngine",
     "torch": "vicap_jobs.engines.torch_engine:TorchEngine",
     "torch-bf16": "vicap_jobs.engines.torch_engine:TorchBF16Engine",
+    "onnx-int8": "vicap_jobs.engines.onnx_engine:OnnxInt8Engine",
+    "openvino": "vicap_jobs.engines.openvino_engine:OpenVinoEngine",
+    "openvino-bf16": "vicap_jobs.engines.openvino_engine:OpenVinoBF16Engine",
+    "openvino-int8": "vicap_jobs.engines.openvino_engine:OpenVinoInt8Engine",
 }
+ONNX_EXPORT_ENGINES = frozenset({"onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8"})  # read it
+INT8_EXPORT_ENGINES = frozenset({"onnx-int8", "openvino-int8"})  # read its int8 variant (export onnx --quantize int8)
+# Measured against the default on each machine; the fastest with the default's captions wins (engines/choice.py).
+STEP_PREFER = ("openvino-int8", "onnx-int8", "openvino-bf16", "torch-bf16", "openvino")
 LSTM_TRAINER = "vicap_jobs.training.lstm:train_lstm"
 # Engines and trainer of the vision-language families (local Hugging Face folders).
 # "torch" stays first: the static default wherever int8 was not measured faster (engines/choice.py).
@@ -154,6 +162,7 @@ FAMILIES: dict[str, FamilySpec] = {
             STEP_ENGINES,
             exports=("onnx",),
             trainer=LSTM_TRAINER,
+            prefer=STEP_PREFER,
         ),
         FamilySpec(
             "cnn-lstm-attn",
@@ -162,6 +171,7 @@ FAMILIES: dict[str, FamilySpec] = {
             STEP_ENGINES,
             exports=("onnx",),
             trainer=LSTM_TRAINER,
+            prefer=STEP_PREFER,
         ),
         FamilySpec(
             "blip",

@@ -67,8 +67,8 @@ def run_export(ctx: RunContext) -> str:
     report = export_and_verify(
         Path(ref.artifact_dir), out_dir, quantize=quantize, calibration_images=calibration, eval_fn=eval_fn
     )
-    served = report.quantize.int8_dir if report.quantize is not None else out_dir
-    record_export(db=ctx.db, model_id=ref.id, onnx_path=str(served), quantized=bool(quantize))
+    # The fp32 folder is recorded; its int8 variant sits in <onnx>/int8 for the onnx-int8 and openvino-int8 engines.
+    record_export(db=ctx.db, model_id=ref.id, onnx_path=str(out_dir), quantized=report.quantize is not None)
     ctx.report(done=1)
     return describe_export(report)
 

@@ -7,14 +7,11 @@ A worker process loads a model once after the fork and reuses it for every chunk
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sqlalchemy import Engine
 
-from vicap_jobs.engines import ModelArtifacts, load_engine
+from vicap_jobs.engines import load_engine
 from vicap_jobs.engines.base import CaptionEngine
-from vicap_jobs.engines.onnx_format import EXPORT_FORMAT
-from vicap_jobs.services.models import model_by_id, resolve_engine_name
+from vicap_jobs.services.models import model_artifacts, model_by_id, resolve_engine_name
 
 
 class EngineCache:
@@ -42,11 +39,7 @@ class EngineCache:
             engine_name = self._defaults[default_key]
         key = (model.id, engine_name, version)
         if key not in self._engines:
-            exports = {EXPORT_FORMAT: Path(model.onnx_path)} if model.onnx_path else {}
             self._engines[key] = load_engine(
-                engine_name,
-                ModelArtifacts(Path(model.artifact_dir), exports=exports),
-                device=self.device,
-                threads=self.threads,
+                engine_name, model_artifacts(model), device=self.device, threads=self.threads
             )
         return self._engines[key]

@@ -13,9 +13,10 @@ from vicap_jobs.db.base import utcnow
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Model
 from vicap_jobs.engines.choice import EngineChoice, choose_engine
+from vicap_jobs.engines.onnx_format import EXPORT_FORMAT
 from vicap_jobs.errors import InputError, NotFoundError
 from vicap_jobs.models.manifest import ModelArtifacts
-from vicap_jobs.models.registry import get_family
+from vicap_jobs.models.registry import INT8_EXPORT_ENGINES, ONNX_EXPORT_ENGINES, get_family
 from vicap_jobs.settings import get_settings
 
 
@@ -87,20 +88,30 @@ def list_models(*, db: Engine) -> list[ModelRef]:
         return [_ref(row) for row in session.scalars(select(Model).order_by(Model.name))]
 
 
+def model_artifacts(model: ModelRef) -> ModelArtifacts:
+    """Where the model's files are: its checkpoint and the ONNX export recorded on its row."""
+    exports = {EXPORT_FORMAT: Path(model.onnx_path)} if model.onnx_path else {}
+    return ModelArtifacts(Path(model.artifact_dir), exports=exports)
+
+
 def default_engine(model: ModelRef, *, device: str = "cpu") -> EngineChoice:
     """The engine ``model`` captions with when none is asked for, with the reason.
 
-    CNN+LSTM: its family's default (ONNX) once the model is exported, torch until then.
-    A family that prefers other engines when faster (vision-language: int8) gets the
-    choice measured once on this machine for these weights (``engines/choice.py``).
+    A family that prefers other engines when faster (CNN+LSTM: OpenVINO, int8, bf16;
+    vision-language: int8) gets the choice measured once on this machine for these
+    files (``engines/choice.py``): against its default engine, or against torch for a
+    CNN+LSTM model that has no ONNX export yet.
     """
     spec = get_family(model.family)
-    if spec.default_engine == "onnx" and not model.onnx_path:
-        return EngineChoice("torch", f"torch: no ONNX export yet (`vicap-jobs export onnx {model.name}`)", "onnx")
+    reference = spec.default_engine
+    if reference == EXPORT_FORMAT and not model.onnx_path:
+        reference = "torch"
     if not spec.prefer:
-        return EngineChoice(spec.default_engine, f"{spec.default_engine}: the family's default", spec.default_engine)
-    artifacts = ModelArtifacts(Path(model.artifact_dir))
-    return choose_engine(artifacts, spec, device=device, threads=get_settings().torch_threads)
+        why = "the family's default" if reference == spec.default_engine else "no ONNX export yet"
+        return EngineChoice(reference, f"{reference}: {why}", reference)
+    return choose_engine(
+        model_artifacts(model), spec, device=device, threads=get_settings().torch_threads, reference=reference
+    )
 
 
 def resolve_engine_name(model: ModelRef, requested: str | None, *, device: str = "cpu") -> str:
@@ -112,9 +123,14 @@ def resolve_engine_name(model: ModelRef, requested: str | None, *, device: str =
     if requested is None:
         return default_engine(model, device=device).engine
     spec.check_engine(requested)
-    if requested == "onnx" and not model.onnx_path:
+    if requested in ONNX_EXPORT_ENGINES and not model.onnx_path:
         raise InputError(
             f"model {model.name!r} has no ONNX export yet; run `vicap-jobs export onnx {model.name}` or use --engine torch"
+        )
+    if requested in INT8_EXPORT_ENGINES and not model.onnx_quantized:
+        raise InputError(
+            f"engine {requested!r} runs the int8 export, which model {model.name!r} has not; "
+            f"run `vicap-jobs export onnx {model.name} --quantize int8`"
         )
     return requested
 
