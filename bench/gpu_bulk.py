@@ -35,11 +35,13 @@ so the output layer, log_softmax and top-k have a realistic width. The images ar
 JPEG quality, 1 in 16 stored rotated with an EXIF orientation) by a process pool.
 Target: >= 2,000 images/s end to end for DenseNet201 + attention on one H200.
 
-On the GPU box (one command, finishes inside --budget-s; results after every variant):
+On the GPU box (one command; no variant starts after --budget-s seconds, each stops after
+--variant-cap-s timed seconds, and the JSON is rewritten after every variant):
 
-    python bench/gpu_bulk.py --n-images 10000 --batch-sizes 128,256,512 --budget-s 420 --out $OUT/gpu_bulk.json
+    python bench/gpu_bulk.py --n-images 10000 --batch-sizes 128,256,512 --budget-s 330 --out $OUT/gpu_bulk.json
 
-``bench/gpu_run.sh`` wraps that for the device tool. Without CUDA (or with --dry-run)
+``bench/gpu_run.sh`` wraps that for the device tool (``bench/gpu_wheels.sh`` first, here: the
+GPU image lacks pydantic and bitsandbytes and reaches no registry). Without CUDA (or with --dry-run)
 the same code runs on the CPU with tiny sizes (20 images, tiny backbone, 64 px,
 batch 8, max_len 8) and writes ``gpu_bulk_dryrun.json`` in the work folder: never the real result.
 """
@@ -90,7 +92,7 @@ GPU_DEFAULTS: dict[str, Any] = {
     "n_base": 200,
     "threads": os.cpu_count() or 4,
     "warmup_batches": 2,
-    "budget_s": 420.0,
+    "budget_s": 330.0,
     "variant_cap_s": 45.0,
     "compile_backend": "inductor",
     "vlp_args": "",
