@@ -6,7 +6,9 @@ jobs and chunks, and parameter defaults. Real checkpoints: ``tests/pipeline/test
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
@@ -38,14 +40,41 @@ def _latencies(db: Engine, job_id: int) -> dict[int, float | None]:
 
 
 class Clock:
-    """A ``time`` stand-in whose ``perf_counter`` advances one second per call."""
+    """A ``time`` stand-in whose ``perf_counter`` advances one second per call, per thread.
+
+    Per thread: the read-ahead thread decodes the next batch while the engine runs, so a shared
+    counter would hand the engine's timer the reader's ticks in whatever order the threads ran.
+    """
 
     def __init__(self) -> None:
-        self.now = 0.0
+        self.local = threading.local()
 
     def perf_counter(self) -> float:
-        self.now += 1.0
-        return self.now
+        self.local.now = getattr(self.local, "now", 0.0) + 1.0
+        return float(self.local.now)
+
+
+def test_the_next_batch_is_read_while_the_engine_captions_this_one(
+    any_db: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images, job_id, (chunk_id,), engines = _setup(any_db, tmp_path, 6, chunk_size=6)
+    third_read = threading.Event()
+    reads: list[str] = []
+    load = runner.load_rgb
+
+    def spy_load(path: Path) -> Any:
+        reads.append(path.name)
+        if len(reads) == 3:  # the first image of the second batch
+            third_read.set()
+        return load(path)
+
+    monkeypatch.setattr(runner, "load_rgb", spy_load)
+    overlapped: list[bool] = []
+    engines.engine.on_batch = lambda n: overlapped.append(third_read.wait(timeout=10)) if n == 1 else None
+    outcome = run_chunk(db=any_db, chunk_id=chunk_id, engines=engines, worker_name="w")
+    assert overlapped == [True]  # batch 2 was being read while batch 1 was in the engine
+    assert (outcome.status, outcome.n_ok) == ("done", 6) and len(reads) == 6  # each file read once
+    assert engines.engine.batches == [images[0:2], images[2:4], images[4:6]]  # in order
 
 
 def test_a_chunk_records_its_timings_and_each_image_its_share_of_the_batch(

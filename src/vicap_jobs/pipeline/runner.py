@@ -1,5 +1,6 @@
 """Bulk captioning of one partition (chunk): reader → engine → writer.
 
+The next batch's files are decoded in a read-ahead thread while the engine captions the current one.
 Independent of how work is distributed: Celery hands out chunk ids (the ``caption`` job kind's
 messages), an evaluate job runs its chunks one after another, tests call :func:`run_chunk`
 directly. Every chunk records completion, so a redelivered message skips finished work; only the
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -108,21 +110,29 @@ def run_chunk(
         return _fail(db, job_id, f"cannot load model: {type(exc).__name__}: {exc}")
 
     totals = _Totals()
-    for batch in _batches(_uncaptioned(db, job_id, image_ids), batch_size):
-        if _is_cancelled(db, job_id):
-            return _close(db, chunk_id, totals.outcome("cancelled"))
-        results, read_s, infer_s = caption_batch(engine, batch)
-        started = time.perf_counter()
-        with session_scope(db) as session:
-            n_ok, n_failed = write_results(
-                session=session, job_id=job_id, model_id=model_id, engine_name=engine.name, results=results
-            )
-            beat_chunk(session=session, chunk_id=chunk_id)
-        totals.write_s += time.perf_counter() - started
-        totals.ok, totals.failed = totals.ok + n_ok, totals.failed + n_failed
-        totals.read_s, totals.infer_s = totals.read_s + read_s, totals.infer_s + infer_s
-        if heartbeat is not None:
-            heartbeat()
+    batches = list(_batches(_uncaptioned(db, job_id, image_ids), batch_size))
+    # Decode the next batch's files while the engine works on this one (Pillow's decoders release the GIL;
+    # on a GPU worker the CPU is otherwise idle during inference). One batch ahead at most: memory stays flat.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vicap-read-ahead") as reader:
+        pending = reader.submit(read_batch, batches[0]) if batches else None
+        for index, batch in enumerate(batches):
+            if _is_cancelled(db, job_id):
+                return _close(db, chunk_id, totals.outcome("cancelled"))
+            assert pending is not None
+            read = pending.result()
+            pending = reader.submit(read_batch, batches[index + 1]) if index + 1 < len(batches) else None
+            results, infer_s = infer_batch(engine, batch, read)
+            started = time.perf_counter()
+            with session_scope(db) as session:
+                n_ok, n_failed = write_results(
+                    session=session, job_id=job_id, model_id=model_id, engine_name=engine.name, results=results
+                )
+                beat_chunk(session=session, chunk_id=chunk_id)
+            totals.write_s += time.perf_counter() - started
+            totals.ok, totals.failed = totals.ok + n_ok, totals.failed + n_failed
+            totals.read_s, totals.infer_s = totals.read_s + read.seconds, totals.infer_s + infer_s
+            if heartbeat is not None:
+                heartbeat()
     outcome = _close(db, chunk_id, totals.outcome("done"))
     with session_scope(db) as session:  # after the close is committed: see vicap_jobs.jobs.chunks
         finish_if_drained(session=session, job_id=job_id)
@@ -139,23 +149,37 @@ def run_chunk(
     return outcome
 
 
-def caption_batch(engine: Captioner, batch: Sequence[tuple[int, str]]) -> tuple[list[CaptionResult], float, float]:
-    """Decode the batch's images (bad ones become error results), then caption the good ones.
+@dataclass
+class ReadBatch:
+    """A batch's files decoded: the good images in batch order, error results for the bad ones, and the seconds."""
 
-    Returns the results in batch order, seconds reading and seconds in the engine.
-    """
+    good: list[tuple[int, PILImage.Image]]
+    errors: dict[int, CaptionResult]
+    seconds: float
+
+
+def read_batch(batch: Sequence[tuple[int, str]]) -> ReadBatch:
+    """Decode the batch's images; an unreadable or hostile file becomes an error result, never an exception."""
     started = time.perf_counter()
-    results: dict[int, CaptionResult] = {}
+    errors: dict[int, CaptionResult] = {}
     good: list[tuple[int, PILImage.Image]] = []
     for image_id, path in batch:
         try:
             good.append((image_id, load_rgb(Path(path))))
         except VicapError as exc:
-            results[image_id] = CaptionResult(image_id, None, None, str(exc))
+            errors[image_id] = CaptionResult(image_id, None, None, str(exc))
         except Exception as exc:  # noqa: BLE001 - never let one file fail the chunk
-            results[image_id] = CaptionResult(image_id, None, None, f"cannot read image: {type(exc).__name__}: {exc}")
-    read_s = time.perf_counter() - started
+            errors[image_id] = CaptionResult(image_id, None, None, f"cannot read image: {type(exc).__name__}: {exc}")
+    return ReadBatch(good, errors, time.perf_counter() - started)
+
+
+def infer_batch(
+    engine: Captioner, batch: Sequence[tuple[int, str]], read: ReadBatch
+) -> tuple[list[CaptionResult], float]:
+    """Caption the batch's good images; returns one result per batch item, in batch order, and seconds in the engine."""
     started = time.perf_counter()
+    results = dict(read.errors)
+    good = read.good
     if good:
         texts: list[str | None]
         reason: str | None = None
@@ -171,7 +195,17 @@ def caption_batch(engine: Captioner, batch: Sequence[tuple[int, str]]) -> tuple[
         for (image_id, _), text in zip(good, texts, strict=True):
             results[image_id] = CaptionResult(image_id, text, elapsed_ms if text is not None else None, reason)
     infer_s = time.perf_counter() - started
-    return [results[image_id] for image_id, _ in batch], read_s, infer_s
+    return [results[image_id] for image_id, _ in batch], infer_s
+
+
+def caption_batch(engine: Captioner, batch: Sequence[tuple[int, str]]) -> tuple[list[CaptionResult], float, float]:
+    """Decode the batch's images (bad ones become error results), then caption the good ones.
+
+    Returns the results in batch order, seconds reading and seconds in the engine.
+    """
+    read = read_batch(batch)
+    results, infer_s = infer_batch(engine, batch, read)
+    return results, read.seconds, infer_s
 
 
 def _uncaptioned(db: Engine, job_id: int, image_ids: Sequence[int]) -> list[tuple[int, str]]:
