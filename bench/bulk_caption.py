@@ -144,14 +144,21 @@ def ensure_exports(checkpoint: Path, calibration: list[Path]) -> dict[str, Any]:
     return facts
 
 
-def auto_choice(checkpoint: Path, threads: int) -> dict[str, Any]:
-    """The engine ``engines/choice.py`` picks for this model here (measured now, not read from a cache)."""
+def auto_choice(checkpoint: Path, threads: int, sample: list[Path]) -> dict[str, Any]:
+    """The engine ``engines/choice.py`` picks for this model here (measured now, not read from a cache).
+
+    Calibrated on ``sample`` (photos of the model's kind, not the measured ones), as a worker calibrates on
+    the model's validation photos.
+    """
+    from vicap_jobs.data.images import load_rgb
     from vicap_jobs.engines import ModelArtifacts
-    from vicap_jobs.engines.choice import choose_engine
+    from vicap_jobs.engines.choice import MAX_IMAGES, choose_engine
 
     os.environ["VICAP_HOME"] = tempfile.mkdtemp(prefix="vicap-bench-choice-")  # no cached choice: measured now
     started = time.perf_counter()
-    choice = choose_engine(ModelArtifacts(checkpoint, exports={"onnx": checkpoint / "onnx"}), threads=threads)
+    images = [load_rgb(path) for path in sample[:MAX_IMAGES]]
+    artifacts = ModelArtifacts(checkpoint, exports={"onnx": checkpoint / "onnx"})
+    choice = choose_engine(artifacts, threads=threads, images=images)
     return {**choice.to_json(), "calibration_seconds": time.perf_counter() - started}
 
 
@@ -233,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     calibration = sorted(p for p in calibration_dir.rglob("*.jpg") if p not in set(paths))[:300] or paths
     exports = ensure_exports(checkpoint, calibration)
     print(f"exports: {exports}", flush=True)
-    auto = None if args.no_auto else auto_choice(checkpoint, args.threads)
+    auto = None if args.no_auto else auto_choice(checkpoint, args.threads, calibration)
     if auto is not None:
         print(f"automatic choice: {auto['engine']} ({auto['reason']})", flush=True)
 

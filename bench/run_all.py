@@ -19,14 +19,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine  # noqa: E402
+from report import summarize  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 
 #: name → (script arguments, what the ratio compares)
 BENCHMARKS: dict[str, tuple[list[str], str]] = {
     "bulk_caption": (
-        ["bulk_caption.py", "--n-images", "64"],
-        "onnxruntime vs torch eager, densenet201 attention, 224 px, end to end",
+        ["bulk_caption.py", "--train", "--n-images", "200", "--repeats", "2"],
+        "every CPU engine vs torch fp32 eager on a trained DenseNet201 + attention model, 224 px, end to end",
+    ),
+    "scale": (
+        ["scale.py"],
+        "1k / 10k / 100k images through Redis + 2 workers + PostgreSQL: submit time and cost per image",
+    ),
+    "gpu_bulk": (
+        ["gpu_bulk.py"],
+        "bulk captioning on one GPU: images/s end to end, seconds per stage, GPU utilisation",
     ),
     "train_epoch": (["train_epoch.py"], "teacher forcing vs the seed's prefix expansion, seconds per epoch"),
     "queue_overhead": (["queue_overhead.py"], "1,000 images through Redis + 1 worker vs the same engine in-process"),
@@ -40,7 +49,11 @@ BENCHMARKS: dict[str, tuple[list[str], str]] = {
     ),
 }
 
-VERSIONS = ("torch", "torchvision", "onnxruntime", "celery", "kombu", "sqlalchemy", "transformers")
+VERSIONS = ("torch", "torchvision", "onnxruntime", "openvino", "celery", "kombu", "sqlalchemy", "transformers")
+PENDING = {
+    "gpu_bulk": "Pending: no GPU machine has been lent to a session since the script landed. On one, run "
+    "`bash bench/gpu_wheels.sh` here, then `bash bench/gpu_run.sh` there (see bench/gpu_bulk.py).",
+}
 
 
 def run(name: str) -> tuple[int, float]:
@@ -56,9 +69,10 @@ def render(statuses: dict[str, tuple[int, float]]) -> str:
     lines = [
         "# Benchmark report",
         "",
-        f"Machine: {facts['cpu']}, {facts['cores']} cores, no GPU; Python {facts['python']}.",
+        f"This machine: {facts['cpu']}, {facts['cores']} cores; Python {facts['python']}. Each section says where",
+        "its numbers were measured; compare ratios measured in one run, never absolute times across machines.",
         "Versions: " + ", ".join(f"{p} {_version(p)}" for p in VERSIONS) + ".",
-        "Produced by `python bench/run_all.py`; each benchmark's raw numbers are in the JSON file beside this report.",
+        "Produced by `python bench/run_all.py` (`--report-only` rebuilds this file from the JSON files).",
         "",
     ]
     for name, (_, description) in BENCHMARKS.items():
@@ -67,30 +81,10 @@ def render(statuses: dict[str, tuple[int, float]]) -> str:
         if name in statuses and statuses[name][0] != 0:
             lines += [f"**The last run failed** (exit code {statuses[name][0]}); numbers below, if any, are older.", ""]
         if not path.exists():
-            lines += ["No result yet.", ""]
+            lines += [PENDING.get(name, "No result yet."), ""]
             continue
-        data = json.loads(path.read_text())
-        lines += [f"Measured {data.get('when', '?')}.", "", "| metric | value |", "|---|---|"]
-        for key, value in _flatten(data):
-            if key.startswith(("machine", "benchmark", "when")):
-                continue
-            lines.append(f"| {key} | {value} |")
-        lines.append("")
+        lines += [*summarize(name, json.loads(path.read_text())), ""]
     return "\n".join(lines)
-
-
-def _flatten(data: dict, prefix: str = "") -> list[tuple[str, object]]:
-    items: list[tuple[str, object]] = []
-    for key, value in data.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, dict):
-            items += _flatten(value, full + ".")
-        elif isinstance(value, list):
-            if len(value) <= 8 and all(not isinstance(v, dict | list) for v in value):
-                items.append((full, ", ".join(map(str, value))))
-        else:
-            items.append((full, round(value, 3) if isinstance(value, float) else value))
-    return items
 
 
 def _version(package: str) -> str:

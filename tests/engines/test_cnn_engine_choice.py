@@ -116,3 +116,34 @@ def test_every_preferred_engine_is_an_engine_of_both_cnn_families() -> None:
     for family in ("cnn-lstm", "cnn-lstm-attn"):
         spec = get_family(family)
         assert spec.prefer == STEP_PREFER and set(STEP_PREFER) < set(spec.engine_names)
+
+
+def test_a_worker_calibrates_on_the_models_own_validation_photos(vicap_env: Path, attn: ModelArtifacts) -> None:
+    from datetime import datetime
+
+    from vicap_jobs.cli.common import open_store
+    from vicap_jobs.services.datasets import create_synth_dataset, get_dataset
+    from vicap_jobs.services.models import ModelRef, calibration_sample, default_engine
+
+    _, db = open_store()
+    create_synth_dataset(db=db, name="s", n_images=40, seed=0, size=48, out_dir=vicap_env / "s", nightly=False)
+    model = ModelRef(
+        id=1, name="m", family="cnn-lstm-attn", backbone="tiny", artifact_dir=str(attn.checkpoint_dir),
+        onnx_path=str(attn.export_dir("onnx")), onnx_quantized=True, hyperparameters={}, tokenization="syllable",
+        image_size=32, dataset_id=get_dataset(db=db, name="s").id, created_at=datetime(2026, 1, 1), exported_at=None,
+    )  # fmt: skip
+    sample = calibration_sample(db=db, model=model, limit=5)
+    assert len(sample) == 5 and {image.size for image in sample} == {(48, 48)}  # the data set's photos
+    assert calibration_sample(db=db, model=ModelRef(**{**model.__dict__, "dataset_id": None})) == []
+
+    measured: list[int] = []
+    timer = clock(onnx=2.0, openvino=1.0)
+    chosen = default_engine(model, images=sample)
+    assert chosen.engine in SPEC.engine_names  # measured for real on 5 photos; the fake clock decides below
+
+    def counting(engine: Any, pixels: Any) -> float:
+        measured.append(len(pixels))
+        return timer(engine, pixels)
+
+    again = choose_engine(attn, SPEC, threads=1, images=sample[:3], timer=counting)
+    assert set(measured) == {3} and again.engine == "openvino" and not again.cached  # another sample: another key

@@ -9,7 +9,7 @@ import click
 from vicap_jobs.cli.common import console, open_store, print_table
 from vicap_jobs.errors import VicapError
 from vicap_jobs.models.registry import FamilySpec, family_names, get_family
-from vicap_jobs.services.models import default_engine, list_models, resolve_model
+from vicap_jobs.services.models import calibration_sample, default_engine, list_models, resolve_model
 
 
 @click.group()
@@ -73,7 +73,7 @@ def show(name: str) -> None:
     _, db = open_store()
     m = resolve_model(db=db, name=name)
     try:
-        choice = default_engine(m)
+        choice = default_engine(m, images=calibration_sample(db=db, model=m))
     except VicapError as exc:  # e.g. the checkpoint folder is gone: still show the row
         engine_rows = [["default engine", f"unknown: {exc}"]]
     else:

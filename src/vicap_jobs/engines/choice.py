@@ -34,11 +34,11 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -50,16 +50,16 @@ from vicap_jobs.models.manifest import ModelArtifacts, read_manifest, weight_fil
 from vicap_jobs.models.registry import FamilySpec, get_family
 from vicap_jobs.settings import get_settings
 
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
 log = logging.getLogger(__name__)
 
 CHOICE_DIR = "engine-choice"
 PROTOCOL = 2  # bump when the calibration below changes: older cached choices are then measured again
-N_IMAGES = 8
+N_IMAGES = 8  # synthetic calibration images, when the model's own data set is not at hand
+MAX_IMAGES = 32  # calibration images taken from the model's data set (services.models.calibration_sample)
 MAX_LEN = 12
-MIN_AGREEMENT = 0.875  # 7 of 8 calibration images with identical ids
+# Identical ids on every calibration image (32 of 32, 8 of 8): issue 11 asks >= 98 % identical captions, and a
+# DenseNet201 + attention model in bf16 that agreed on 8 of 8 synthetic images agreed on only 94.5 % of 200 photos.
+MIN_AGREEMENT = 0.98
 REPEATS = 3  # timed runs per engine, alternating; the best counts
 
 # A candidate that cannot run with these files on this machine (no int8 export, no bf16 instructions, a library
@@ -297,8 +297,12 @@ def measure(
     threads: int | None,
     timer: Timer | None = None,
     load: Loader | None = None,
+    images: Sequence[Image.Image] | None = None,
 ) -> EngineChoice:
     """Calibrate the candidate engines against ``default`` on this machine and decide (not cached here).
+
+    images: the calibration images (the model's own validation photos where known), else
+    :data:`N_IMAGES` synthetic ones.
 
     The fastest candidate that takes no longer than the default and agrees with it on at least
     :data:`MIN_AGREEMENT` of the images wins; otherwise the default stays, with each candidate's
@@ -313,7 +317,7 @@ def measure(
         "decode": DecodeOptions(beam_size=1, max_len=MAX_LEN),
     }
     reference = load(default, artifacts, **options)
-    pixels = reference.preprocess(calibration_images(reference.preprocessing.size))
+    pixels = reference.preprocess(list(images) if images else calibration_images(reference.preprocessing.size))
     reference_ids = reference._forward(pixels)  # also its warm-up
     candidates = [_load_candidate(name, artifacts, load, pixels, reference_ids, **options) for name in names]
     running = [c for c in candidates if c.engine is not None]
@@ -360,13 +364,15 @@ def choose_engine(
     timer: Timer | None = None,
     load: Loader | None = None,
     reference: str | None = None,
+    images: Sequence[Image.Image] | None = None,
 ) -> EngineChoice:
     """The default engine of the model at ``artifacts`` on this machine (measured once, then cached).
 
     spec: the model's family (default: read from the manifest). A family that prefers
     nothing gets its static default unmeasured. Every engine of ``spec.prefer`` is measured
     against ``reference`` (default: the family's default engine; a CNN+LSTM model not yet
-    exported is measured against ``torch``) and the fastest that agrees wins.
+    exported is measured against ``torch``) and the fastest that agrees wins, on ``images``
+    (the model's own photos where the caller knows them) or synthetic ones.
     """
     spec = spec or get_family(read_manifest(artifacts.checkpoint_dir)["family"])
     default = reference or spec.default_engine
@@ -375,14 +381,21 @@ def choose_engine(
     candidates = [name for name in spec.prefer if name != default]
     weights = weights_identity(artifacts)  # a missing checkpoint raises: there is nothing to caption with
     signature = machine_signature(device, threads)
-    path = cache_file(weights, signature, [default, *candidates])
+    path = cache_file(weights, signature, [default, *candidates, f"images={len(images) if images else 0}"])
     cached = read_cached(path, weights, signature, spec.engine_names)
     if cached is not None:
         return cached
     log.info("measuring %s against %s once for this model on this machine", ", ".join(candidates), default)
     try:
         choice = measure(
-            artifacts, default=default, candidate=candidates, device=device, threads=threads, timer=timer, load=load
+            artifacts,
+            default=default,
+            candidate=candidates,
+            device=device,
+            threads=threads,
+            timer=timer,
+            load=load,
+            images=images,
         )
     except (VicapError, RuntimeError) as exc:  # the default itself cannot run here: nothing to compare
         return EngineChoice(default, f"{default}: not measured on {device} here ({_first_line(exc)})", default)

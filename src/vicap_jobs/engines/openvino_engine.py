@@ -56,6 +56,10 @@ def compile_for_cpu(path: Any, *, precision: str, threads: int | None) -> ov.Com
     config: dict[str, Any] = {
         "INFERENCE_PRECISION_HINT": precision,
         "PERFORMANCE_HINT": "LATENCY",  # one stream: a worker runs one batch at a time
+        # OpenVINO pins its threads to cores by default. Several worker processes share a host's cores (and this
+        # process may hold other engines): pinned threads of two compiled models then queue on the same cores.
+        # Measured: a bench child ran openvino-bf16 at 6 images/s instead of 28 while its parent held one.
+        "ENABLE_CPU_PINNING": False,
     }
     if threads is not None:
         if threads < 1:

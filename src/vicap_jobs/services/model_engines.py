@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 
 from vicap_jobs.engines import load_engine
 from vicap_jobs.engines.base import CaptionEngine
-from vicap_jobs.services.models import model_artifacts, model_by_id, resolve_engine_name
+from vicap_jobs.services.models import calibration_sample, model_artifacts, model_by_id, resolve_engine_name
 
 
 class EngineCache:
@@ -35,7 +35,8 @@ class EngineCache:
         if engine_name is None:
             default_key = (model.id, version)
             if default_key not in self._defaults:
-                self._defaults[default_key] = resolve_engine_name(model, None, device=self.device)
+                sample = calibration_sample(db=self.db, model=model)  # its own photos, when they are on this host
+                self._defaults[default_key] = resolve_engine_name(model, None, device=self.device, images=sample)
             engine_name = self._defaults[default_key]
         key = (model.id, engine_name, version)
         if key not in self._engines:

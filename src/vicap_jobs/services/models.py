@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from PIL import Image as PILImage
 from sqlalchemy import Engine, select
 
+from vicap_jobs.data.images import load_rgb
 from vicap_jobs.db.base import utcnow
 from vicap_jobs.db.session import session_scope
-from vicap_jobs.db.tables import Model
-from vicap_jobs.engines.choice import EngineChoice, choose_engine
+from vicap_jobs.db.tables import Image, Model
+from vicap_jobs.engines.choice import MAX_IMAGES, EngineChoice, choose_engine
 from vicap_jobs.engines.onnx_format import EXPORT_FORMAT
-from vicap_jobs.errors import InputError, NotFoundError
+from vicap_jobs.errors import InputError, NotFoundError, VicapError
 from vicap_jobs.models.manifest import ModelArtifacts
 from vicap_jobs.models.registry import INT8_EXPORT_ENGINES, ONNX_EXPORT_ENGINES, get_family
 from vicap_jobs.settings import get_settings
@@ -94,7 +98,36 @@ def model_artifacts(model: ModelRef) -> ModelArtifacts:
     return ModelArtifacts(Path(model.artifact_dir), exports=exports)
 
 
-def default_engine(model: ModelRef, *, device: str = "cpu") -> EngineChoice:
+def calibration_sample(*, db: Engine, model: ModelRef, limit: int = MAX_IMAGES) -> list[PILImage.Image]:
+    """Up to ``limit`` readable validation photos of the model's data set (its test split if it has no val), in id order.
+
+    The engine choice compares engines on these: agreement on the photos a model was made for says more
+    than agreement on synthetic colour fields. Empty when the model has no data set recorded.
+    """
+    if model.dataset_id is None:
+        return []
+    with session_scope(db) as session:
+        for split in ("val", "test"):
+            paths = list(
+                session.scalars(
+                    select(Image.path)
+                    .where(Image.dataset_id == model.dataset_id, Image.split == split)
+                    .order_by(Image.id)
+                    .limit(limit)
+                )
+            )
+            if paths:
+                break
+    images = []
+    for path in paths:
+        with contextlib.suppress(VicapError, OSError):
+            images.append(load_rgb(Path(path)))
+    return images
+
+
+def default_engine(
+    model: ModelRef, *, device: str = "cpu", images: Sequence[PILImage.Image] | None = None
+) -> EngineChoice:
     """The engine ``model`` captions with when none is asked for, with the reason.
 
     A family that prefers other engines when faster (CNN+LSTM: OpenVINO, int8, bf16;
@@ -109,19 +142,27 @@ def default_engine(model: ModelRef, *, device: str = "cpu") -> EngineChoice:
     if not spec.prefer:
         why = "the family's default" if reference == spec.default_engine else "no ONNX export yet"
         return EngineChoice(reference, f"{reference}: {why}", reference)
+    threads = get_settings().torch_threads
     return choose_engine(
-        model_artifacts(model), spec, device=device, threads=get_settings().torch_threads, reference=reference
+        model_artifacts(model), spec, device=device, threads=threads, reference=reference, images=images
     )
 
 
-def resolve_engine_name(model: ModelRef, requested: str | None, *, device: str = "cpu") -> str:
+def resolve_engine_name(
+    model: ModelRef,
+    requested: str | None,
+    *,
+    device: str = "cpu",
+    images: Sequence[PILImage.Image] | None = None,
+) -> str:
     """The engine to caption with: the requested one if the family supports it, else :func:`default_engine`'s.
 
-    device: where the job will run ("cpu", "cuda:N"): a measured default is measured there.
+    device: where the job will run ("cpu", "cuda:N"): a measured default is measured there,
+    on ``images`` when given (:func:`calibration_sample`).
     """
     spec = get_family(model.family)
     if requested is None:
-        return default_engine(model, device=device).engine
+        return default_engine(model, device=device, images=images).engine
     spec.check_engine(requested)
     if requested in ONNX_EXPORT_ENGINES and not model.onnx_path:
         raise InputError(

@@ -1,0 +1,180 @@
+"""Short human tables for ``bench/results/REPORT.md``, one per benchmark, from its JSON file.
+
+Each summary says what was measured, on which machine, and the ratios that matter; the raw
+numbers stay in ``bench/results/<name>.json`` beside the report. A benchmark whose JSON is
+missing says so (the GPU benchmark until a GPU machine runs it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Summary = Callable[[dict[str, Any]], list[str]]
+
+
+def table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A Markdown table; floats get 2 decimals (or 3 below 1), None a dash."""
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}×"
+
+
+def bulk_caption(data: dict[str, Any]) -> list[str]:
+    engines = data["engines"]
+    rows = []
+    for name, r in engines.items():
+        stages = r.get("stage_seconds", {})
+        rows.append([
+            name, r["images_per_s"], ratio(r.get("ratio_to_torch", 1.0 if name == "torch" else None)),
+            percent(r.get("captions_equal_to_torch", 1.0 if name == "torch" else None)),
+            stages.get("read", 0.0) + stages.get("preprocess", 0.0), stages.get("encode"), stages.get("search"),
+            r["peak_rss_mb"],
+        ])  # fmt: skip
+    lines = [
+        f"Model: {data.get('model', '?')}, {data['config']['family']} / {data['config']['backbone']} at "
+        f"{data['config']['image_size']} px; {data['config']['n_images']} unseen images, batch "
+        f"{data['config']['batch_size']}, beam {data['config']['beam_size']}, {data['config']['threads']} threads.",
+        "",
+        *table(
+            ["engine", "images/s", "× torch fp32", "same captions", "read+prep s", "encode s", "search s", "peak MiB"],
+            rows,
+        ),
+        "",
+    ]
+    auto = data.get("automatic_choice")
+    if auto:
+        lines.append(f"Automatic choice here: **{auto['engine']}** ({auto['reason']}).")
+    fastest = data.get("fastest_agreeing_engine")
+    met = "met" if data.get("target_met") else "not met"
+    lines.append(
+        f"Fastest engine with ≥ {percent(data.get('target_agreement'))} identical captions: {fastest} at "
+        f"{ratio(data.get('fastest_over_torch'))} torch fp32 (target {ratio(data.get('target_over_torch'))}: {met})."
+    )
+    return lines
+
+
+def scale(data: dict[str, Any]) -> list[str]:
+    rows = [
+        [
+            f"{s['images']:,}", s["submit_s"], s["end_to_end_s"], s["images_per_s"], s["rows_per_s"],
+            s["cost_per_image_ms"], ratio(s.get("cost_ratio_to_first")), s["worker_rss_max_mb"],
+            s["redis_used_memory_max_mb"],
+        ]
+        for s in data["sizes"]
+    ]  # fmt: skip
+    lines = [
+        f"{data.get('workers')} workers through {data.get('broker')}, {data.get('store')} store; {data.get('model')}.",
+        "",
+        *table(
+            ["images", "submit s", "end to end s", "images/s", "rows/s", "ms/image", "vs 1k", "worker MiB", "redis MiB"],
+            rows,
+        ),
+    ]  # fmt: skip
+    writer = data.get("writer_alone") or data.get("writer")
+    if isinstance(writer, dict):
+        best = writer.get("rows_per_s") or writer.get("best_rows_per_s")
+        if best is not None:
+            lines += ["", f"Caption writer alone on PostgreSQL: {best:,.0f} rows/s (target 20,000)."]
+    return lines
+
+
+def vlp_int8(data: dict[str, Any]) -> list[str]:
+    rows = [
+        [name, v["images_per_s"], ratio(v.get("ratio_to_fp32_median")), percent(v.get("same_images")),
+         v.get("weights_in_memory_mb")]
+        for name, v in data["variants"].items()
+    ]  # fmt: skip
+    config = data["config"]
+    return [
+        f"BLIP, {config['hidden']} hidden, {config['layers']} layers, {config['image_size']} px, beam "
+        f"{config['beam_size']}, {config['threads']} threads; ratio = median over rounds.",
+        "",
+        *table(["path", "images/s", "× fp32", "same ids", "weights MiB"], rows),
+    ]
+
+
+def train_epoch(data: dict[str, Any]) -> list[str]:
+    tf, pe = data["teacher_forcing"], data["prefix_expansion"]
+    return table(
+        ["scheme", "samples/epoch", "s/epoch", "ratio"],
+        [
+            ["teacher forcing", tf["samples_per_epoch"], tf["seconds_per_epoch"], "1.00×"],
+            ["prefix expansion (the study's)", pe["samples_per_epoch"], pe["seconds_per_epoch"],
+             ratio(data["prefix_over_teacher_forcing"])],
+        ],
+    )  # fmt: skip
+
+
+def queue_overhead(data: dict[str, Any]) -> list[str]:
+    redis = data["queued"]["redis"]
+    return [
+        f"{data['images']:,} images, {data['model']}.",
+        "",
+        *table(
+            ["path", "median wall s", "queue overhead"],
+            [
+                ["in process", data["in_process"]["wall_median_s"], "-"],
+                ["Redis + 1 worker", redis["wall_median_s"], percent(redis["queue_overhead_ratio"])],
+            ],
+        ),
+    ]
+
+
+def worker_rss(data: dict[str, Any]) -> list[str]:
+    return table(
+        ["images", "images/s", "RSS first quarter MiB", "RSS last quarter MiB"],
+        [[data["images"], data["images_per_s"], data["rss_first_quarter_max_mb"], data["rss_last_quarter_max_mb"]]],
+    )
+
+
+def gpu_bulk(data: dict[str, Any]) -> list[str]:
+    variants = data.get("variants", {})
+    rows = []
+    for name, v in variants.items():
+        if not isinstance(v, dict):
+            continue
+        rows.append([
+            name, v.get("images_per_s"), v.get("gpu_utilisation_mean") or v.get("gpu_util_mean"),
+            percent(v.get("same_as_fp32") if isinstance(v.get("same_as_fp32"), float) else None),
+            v.get("skipped") or v.get("error") or "",
+        ])  # fmt: skip
+    return [f"GPU: {data.get('gpu', '?')}.", "", *table(["variant", "images/s", "GPU util %", "same", "note"], rows)]
+
+
+SUMMARIES: dict[str, Summary] = {
+    "bulk_caption": bulk_caption,
+    "scale": scale,
+    "gpu_bulk": gpu_bulk,
+    "vlp_int8": vlp_int8,
+    "train_epoch": train_epoch,
+    "queue_overhead": queue_overhead,
+    "worker_rss": worker_rss,
+}
+
+
+def summarize(name: str, data: dict[str, Any]) -> list[str]:
+    """The benchmark's short table; a JSON of an older shape falls back to a note pointing at the file."""
+    machine = data.get("machine", {})
+    where = f"Measured {data.get('when', '?')} on {machine.get('cpu', '?')} ({machine.get('cores', '?')} cores)."
+    try:
+        body = SUMMARIES[name](data)
+    except (KeyError, TypeError, ValueError) as exc:
+        body = [f"(no summary for this result's shape: {type(exc).__name__} {exc}; see the JSON)"]
+    return [where, "", *body, "", f"Raw numbers: `bench/results/{name}.json`."]
