@@ -250,7 +250,10 @@ def main(argv: list[str] | None = None) -> None:
         for name in names:
             command = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])]
             command += ["--run-engine", name, "--work-dir", str(work)]
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            # Passive OpenMP waits: on a shared 2-core machine another torch process's spinning threads made a
+            # torch child here 10x slower (0.5 images/s); passive waiting costs a busy-free machine nothing.
+            env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+            output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
             result = json.loads(output.strip().splitlines()[-1])
             rounds[name].append(result)
             print(
