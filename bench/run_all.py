@@ -38,6 +38,11 @@ BENCHMARKS: dict[str, tuple[list[str], str]] = {
         ["worker_rss.py", "--images", "5000"],
         "worker memory while captioning 5,000 images (must stay flat)",
     ),
+    "scale": (
+        ["scale.py"],
+        "caption jobs of 1k, 10k and 100k images through Redis + 2 workers + PostgreSQL (cost per image must stay "
+        "flat), and the caption writer alone on PostgreSQL (target ≥ 20,000 rows/s per chunk-sized batch)",
+    ),
 }
 
 VERSIONS = ("torch", "torchvision", "onnxruntime", "celery", "kombu", "sqlalchemy", "transformers")
