@@ -70,12 +70,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source-size", type=int, default=48, help="side of the generated JPEG files")
     parser.add_argument("--batch-size", type=int, default=16, help="engine batch (one write per batch)")
     parser.add_argument("--chunk-size", type=int, default=256)
-    parser.add_argument("--writer-rows", type=int, default=20_000, help="rows per batch size in the writer-alone test")
+    parser.add_argument(
+        "--writer-rows", type=int, default=20_000, help="rows per batch size in the writer-alone test (0: skip it)"
+    )
     parser.add_argument("--writer-batches", default="16,256,1000", help="batch sizes of the writer-alone test")
     parser.add_argument("--writer-repeats", type=int, default=3, help="runs per batch size (the median is kept)")
     parser.add_argument("--postgres-admin-url", default=os.environ.get("VICAP_BENCH_POSTGRES_URL", DEFAULT_ADMIN_URL))
     parser.add_argument("--database", default="bench_scale", help="created, used and dropped")
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a temporary folder, removed at the end")
+    parser.add_argument(
+        "--images-dir",
+        type=Path,
+        default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None,
+        help="where each size's images are written and removed (default: /dev/shm, where removing 100,000 files "
+        "takes a second, not minutes; else the work folder)",
+    )
     parser.add_argument("--result-name", default="scale")
     return parser.parse_args(argv)
 
@@ -115,6 +124,60 @@ def summarize_sizes(runs: list[dict[str, Any]]) -> dict[str, Any]:
         sizes.append({**run, "cost_per_image_ms": round(cost, 4), "cost_ratio_to_first": round(cost / base, 3)})
     worst = max(size["cost_ratio_to_first"] for size in sizes)
     return {"sizes": sizes, "worst_cost_ratio": worst, "flat": worst <= TARGET_FLAT_RATIO}
+
+
+@dataclass(frozen=True)
+class ChunkTimes:
+    """One finished chunk: its worker, start and end (epoch seconds) and the seconds of its own work."""
+
+    worker: str
+    started: float
+    finished: float
+    read_s: float
+    infer_s: float
+    write_s: float
+
+    @property
+    def work_s(self) -> float:
+        return self.read_s + self.infer_s + self.write_s
+
+
+def timeline(chunks: Sequence[ChunkTimes]) -> dict[str, Any]:
+    """Where the time outside the chunks' own work went, early in the job and late (first vs last quarter).
+
+    ``chunk_overhead_ms``: a chunk's wall time minus its read/infer/write (claim, queries, close);
+    ``gap_ms``: from a worker's chunk end to the start of its next chunk (the broker round trip).
+    Both are per chunk; if either grows from the first quarter to the last, some step costs more
+    as the job (or the store) grows.
+    """
+    ordered = sorted(chunks, key=lambda c: c.started)
+    overhead = [1000 * (c.finished - c.started - c.work_s) for c in ordered]
+    gaps: list[tuple[float, float]] = []  # (when, gap ms)
+    by_worker: dict[str, list[ChunkTimes]] = {}
+    for chunk in ordered:
+        by_worker.setdefault(chunk.worker, []).append(chunk)
+    for runs in by_worker.values():
+        gaps += [(b.started, 1000 * (b.started - a.finished)) for a, b in zip(runs, runs[1:], strict=False)]
+    gap_ms = [gap for _, gap in sorted(gaps)]
+    return {
+        "read_s": round(sum(c.read_s for c in chunks), 3),
+        "infer_s": round(sum(c.infer_s for c in chunks), 3),
+        "write_s": round(sum(c.write_s for c in chunks), 3),
+        "chunk_overhead_ms": _quarter_means(overhead),
+        "gap_ms": _quarter_means(gap_ms),
+    }
+
+
+def _quarter_means(values: Sequence[float]) -> dict[str, float | None]:
+    """Mean of the first quarter, of the last quarter and of all ``values`` (None when empty)."""
+    if not values:
+        return {"first_quarter": None, "last_quarter": None, "mean": None}
+    quarter = max(1, len(values) // 4)
+    return {
+        "first_quarter": round(statistics.mean(values[:quarter]), 2),
+        "last_quarter": round(statistics.mean(values[-quarter:]), 2),
+        "mean": round(statistics.mean(values), 2),
+    }
 
 
 # -- the caption writer alone ------------------------------------------------------------------------
@@ -316,7 +379,7 @@ def run_size(stack: Stack, n: int, *, label: str = "") -> dict[str, Any]:
     from vicap_jobs.services.captioning import create_caption_job
     from vicap_jobs.worker.publish import publish_job
 
-    folder = stack.work / f"images-{n}{label}"
+    folder = (stack.args.images_dir or stack.work) / f"vicap-scale-{os.getpid()}-{n}{label}"
     started = time.perf_counter()
     write_tiny_jpegs(folder, n, size=stack.args.source_size, seed=n)
     generate_s = time.perf_counter() - started
@@ -347,7 +410,9 @@ def run_size(stack: Stack, n: int, *, label: str = "") -> dict[str, Any]:
     if job.status != "succeeded" or job.done != n or walked != n:
         raise RuntimeError(f"job {plan.job_id} ended {job.status} with {job.done}/{n} images ({walked} walked)")
     run_s = finished - published_at
-    work = _chunk_work(stack, plan.job_id)
+    chunks = _chunk_work(stack, plan.job_id)
+    times = timeline(chunks)
+    work_s = sum(c.work_s for c in chunks)
     rss_first, rss_last = quarters(sampler.worker_rss)
     return {
         "images": n,
@@ -360,13 +425,15 @@ def run_size(stack: Stack, n: int, *, label: str = "") -> dict[str, Any]:
         "end_to_end_s": round(submitted - started + publish_s + run_s, 3),
         "images_per_s": round(n / run_s, 1),
         "rows_per_s": round(job.done / run_s, 1),
-        "chunk_read_s": round(work["read_s"], 3),
-        "chunk_infer_s": round(work["infer_s"], 3),
-        "chunk_write_s": round(work["write_s"], 3),
-        "in_chunk_rows_per_write_s": round(n / work["write_s"], 1) if work["write_s"] else None,
+        "chunk_read_s": times["read_s"],
+        "chunk_infer_s": times["infer_s"],
+        "chunk_write_s": times["write_s"],
+        "in_chunk_rows_per_write_s": round(n / times["write_s"], 1) if times["write_s"] else None,
         # worker-seconds the two workers spent outside their chunks' read/infer/write: claims, queries,
         # closing, broker round trips and the tail where one worker waits for the other
-        "outside_chunk_work_ms_per_image": round(1000 * (WORKERS * run_s - sum(work.values())) / n, 4),
+        "outside_chunk_work_ms_per_image": round(1000 * (WORKERS * run_s - work_s) / n, 4),
+        "chunk_overhead_ms": times["chunk_overhead_ms"],
+        "gap_between_chunks_ms": times["gap_ms"],
         "reap_pass_ms": reap_ms,
         "worker_rss_max_mb": round(max(sampler.worker_rss), 1) if sampler.worker_rss else None,
         "worker_rss_first_quarter_max_mb": _round(rss_first),
@@ -402,19 +469,21 @@ def _wait(stack: Stack, job_id: int, n: int) -> tuple[Any, float | None]:
         time.sleep(0.25)
 
 
-def _chunk_work(stack: Stack, job_id: int) -> dict[str, float]:
-    from sqlalchemy import func, select
+def _chunk_work(stack: Stack, job_id: int) -> list[ChunkTimes]:
+    from sqlalchemy import select
 
     from vicap_jobs.db.session import session_scope
     from vicap_jobs.db.tables import JobChunk
 
+    columns = (JobChunk.worker_host, JobChunk.started_at, JobChunk.finished_at)
     with session_scope(stack.db) as session:
-        read_s, infer_s, write_s = session.execute(
-            select(func.sum(JobChunk.read_s), func.sum(JobChunk.infer_s), func.sum(JobChunk.write_s)).where(
-                JobChunk.job_id == job_id
-            )
-        ).one()
-    return {"read_s": float(read_s or 0), "infer_s": float(infer_s or 0), "write_s": float(write_s or 0)}
+        rows = session.execute(
+            select(*columns, JobChunk.read_s, JobChunk.infer_s, JobChunk.write_s).where(JobChunk.job_id == job_id)
+        ).all()
+    return [
+        ChunkTimes(host or "", _aware(start).timestamp(), _aware(end).timestamp(), read or 0, infer or 0, write or 0)
+        for host, start, end, read, infer, write in rows
+    ]
 
 
 def _aware(moment: datetime) -> datetime:
@@ -469,16 +538,19 @@ def main(argv: list[str] | None = None) -> None:
                 )
         finally:
             stack.stop_workers()
-        writer = writer_throughput(
-            stack.db, rows=args.writer_rows, batch_sizes=writer_batches, repeats=args.writer_repeats
-        )
-        writer_runner = writer_throughput(
-            stack.db,
-            rows=args.writer_rows,
-            batch_sizes=writer_batches,
-            repeats=args.writer_repeats,
-            wait_for_disk=False,
-        )
+        writer: dict[str, float] = {}
+        writer_runner: dict[str, float] = {}
+        if args.writer_rows > 0:
+            writer = writer_throughput(
+                stack.db, rows=args.writer_rows, batch_sizes=writer_batches, repeats=args.writer_repeats
+            )
+            writer_runner = writer_throughput(
+                stack.db,
+                rows=args.writer_rows,
+                batch_sizes=writer_batches,
+                repeats=args.writer_repeats,
+                wait_for_disk=False,
+            )
         stack.db.dispose()
     summary = summarize_sizes(runs)
     chunk_rates = [rate for size, rate in writer_runner.items() if int(size) >= 256]

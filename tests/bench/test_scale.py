@@ -84,3 +84,18 @@ def test_the_writer_alone_writes_every_row_once_per_batch_size_and_repeat(
     with session_scope(sqlite_db) as session:
         assert session.scalar(select(func.count()).select_from(Caption)) == 4 * 30
         assert session.execute(select(Job.done, Job.failed)).all() == [(30, 3)] * 4
+
+
+def test_the_timeline_splits_chunk_overhead_from_the_gaps_between_a_workers_chunks() -> None:
+    chunk = scale.ChunkTimes
+    chunks = [  # two workers, four chunks each; every chunk does 1 s of work
+        *(chunk("a", 10.0 * i, 10.0 * i + 1.5, 0.25, 0.5, 0.25) for i in range(4)),  # 0.5 s overhead, 8.5 s gaps
+        *(chunk("b", 10.0 * i + 5, 10.0 * i + 6 + i, 0.5, 0.25, 0.25) for i in range(4)),  # overhead 0, 1, 2, 3 s
+    ]
+    times = scale.timeline(chunks)
+    assert (times["read_s"], times["infer_s"], times["write_s"]) == (3.0, 3.0, 2.0)
+    # in start order the overheads are a0 b0 a1 b1 a2 b2 a3 b3 = 500 0 500 1000 500 2000 500 3000 ms
+    assert times["chunk_overhead_ms"] == {"first_quarter": 250.0, "last_quarter": 1750.0, "mean": 1000.0}
+    # gaps: worker a 8.5 s each, worker b 9, 8, 7 s; by start a b a b a b, one gap a quarter
+    assert times["gap_ms"] == {"first_quarter": 8500.0, "last_quarter": 7000.0, "mean": 8250.0}
+    assert scale.timeline([])["gap_ms"] == {"first_quarter": None, "last_quarter": None, "mean": None}

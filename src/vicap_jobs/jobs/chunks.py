@@ -160,9 +160,7 @@ def give_up_chunk(*, session: Session, chunk_id: int, reason: str) -> int | None
     assert chunk is not None
     job = session.get(Job, chunk.job_id)
     assert job is not None  # job_chunks.job_id is a foreign key
-    done = set(
-        session.scalars(select(Caption.image_id).where(Caption.job_id == job.id, Caption.image_id.in_(chunk.image_ids)))
-    )
+    done = captioned_among(session=session, job_id=job.id, image_ids=chunk.image_ids)
     write_results(
         session=session,
         job_id=job.id,
@@ -171,6 +169,21 @@ def give_up_chunk(*, session: Session, chunk_id: int, reason: str) -> int | None
         results=[CaptionResult(image_id, None, None, reason) for image_id in chunk.image_ids if image_id not in done],
     )
     return job.id
+
+
+def captioned_among(*, session: Session, job_id: int, image_ids: Sequence[int]) -> set[int]:
+    """The ids among ``image_ids`` (a chunk's) that already have a caption row for the job.
+
+    Bounded by the ids' range as well as listed: with the list alone PostgreSQL planned a scan of
+    every caption row of the job, filtered by the list, so each chunk cost more than the one before
+    (130 ms → 480 ms a chunk over a 100,000-image job, bench/scale.py); with the range it reads
+    only the index entries between the chunk's first and last id.
+    """
+    if not image_ids:
+        return set()
+    in_range = Caption.image_id.between(min(image_ids), max(image_ids))
+    query = select(Caption.image_id).where(Caption.job_id == job_id, in_range, Caption.image_id.in_(image_ids))
+    return set(session.scalars(query))
 
 
 def finish_if_drained(*, session: Session, job_id: int) -> str | None:

@@ -22,12 +22,13 @@ from sqlalchemy import Engine, select
 from vicap_jobs.data.images import load_rgb
 from vicap_jobs.db.session import commit_without_waiting, session_scope
 from vicap_jobs.db.status import FINISHED_JOB, JobStatus
-from vicap_jobs.db.tables import Caption, Image
+from vicap_jobs.db.tables import Image
 from vicap_jobs.errors import VicapError
 from vicap_jobs.jobs.chunks import (
     ChunkOutcome,
     OutcomeStatus,
     beat_chunk,
+    captioned_among,
     claim_chunk,
     close_chunk,
     finish_if_drained,
@@ -183,15 +184,18 @@ def caption_batch(engine: Captioner, batch: Sequence[tuple[int, str]]) -> tuple[
 
 
 def _uncaptioned(db: Engine, job_id: int, image_ids: Sequence[int]) -> list[tuple[int, str]]:
-    """(image id, path) of the chunk's images without a caption row for this job, in chunk order."""
+    """(image id, path) of the chunk's images without a caption row for this job, in chunk order.
+
+    The paths are looked up by the ids' range as well as their list, for the reason given in
+    ``captioned_among``: by the list alone PostgreSQL scanned the whole images table for each chunk.
+    """
+    if not image_ids:
+        return []
     with session_scope(db) as session:
-        done = set(
-            session.scalars(select(Caption.image_id).where(Caption.job_id == job_id, Caption.image_id.in_(image_ids)))
-        )
-        paths = {
-            image_id: path
-            for image_id, path in session.execute(select(Image.id, Image.path).where(Image.id.in_(image_ids))).all()
-        }
+        done = captioned_among(session=session, job_id=job_id, image_ids=image_ids)
+        in_range = Image.id.between(min(image_ids), max(image_ids))
+        query = select(Image.id, Image.path).where(in_range, Image.id.in_(image_ids))
+        paths = {image_id: path for image_id, path in session.execute(query)}
     return [(i, paths[i]) for i in image_ids if i not in done and i in paths]
 
 
