@@ -31,8 +31,8 @@ scale = _load("scale")
 common = _load("common")
 
 
-def _run(images: int, submit_s: float, run_s: float, publish_s: float = 0.0) -> dict[str, float]:
-    return {"images": images, "submit_s": submit_s, "publish_s": publish_s, "run_s": run_s}
+def _run(images: int, submit_s: float, run_s: float, publish_s: float = 0.0, infer_s: float = 1.0) -> dict[str, float]:
+    return {"images": images, "submit_s": submit_s, "publish_s": publish_s, "run_s": run_s, "chunk_infer_s": infer_s}
 
 
 def test_sizes_parse_in_order_and_must_be_positive() -> None:
@@ -47,14 +47,25 @@ def test_cost_per_image_counts_submit_publish_and_run() -> None:
 
 
 def test_a_flat_cost_is_flat_and_a_growing_one_is_not() -> None:
-    flat = scale.summarize_sizes([_run(1000, 1, 3), _run(10_000, 10, 31), _run(100_000, 100, 290)])
+    flat = scale.summarize_sizes(
+        [_run(1000, 1, 3, infer_s=4), _run(10_000, 10, 31, infer_s=40), _run(100_000, 100, 290, infer_s=400)]
+    )
     assert [s["cost_ratio_to_first"] for s in flat["sizes"]] == [1.0, 1.025, 0.975]
     assert [s["cost_per_image_ms"] for s in flat["sizes"]] == [4.0, 4.1, 3.9]
+    assert [s["engine_ms_per_image"] for s in flat["sizes"]] == [4.0, 4.0, 4.0]
+    assert [s["cost_per_engine_ms"] for s in flat["sizes"]] == [2.0, 2.05, 1.95]  # two workers' time per engine ms
     assert flat["flat"] is True and flat["worst_cost_ratio"] == 1.025
     assert flat["sizes"][1]["images"] == 10_000  # the run's own figures are kept
-    growing = scale.summarize_sizes([_run(1000, 1, 3), _run(10_000, 40, 31)])
+    growing = scale.summarize_sizes([_run(1000, 1, 3, infer_s=4), _run(10_000, 40, 31, infer_s=40)])
     assert growing["flat"] is False and growing["worst_cost_ratio"] == pytest.approx(1.775)
+    assert growing["worst_cost_per_engine_ms_ratio"] == pytest.approx(1.775)
     assert scale.summarize_sizes([]) == {"sizes": [], "flat": None}
+
+
+def test_a_machine_busy_during_one_size_slows_the_raw_cost_but_not_the_cost_in_engine_units() -> None:
+    busy = scale.summarize_sizes([_run(1000, 1, 3, infer_s=4), _run(10_000, 15, 45, infer_s=60)])  # all 1.5x
+    assert busy["worst_cost_ratio"] == 1.5
+    assert busy["worst_cost_per_engine_ms_ratio"] == 1.0 and busy["flat"] is True
 
 
 def test_quarters_compare_the_start_of_a_run_with_its_end() -> None:
