@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import make_tiny_model, private_redis, write_result  # noqa: E402
 
 TARGET_OVERHEAD = 0.10
 
@@ -61,60 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # -- set-up ---------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def private_redis(work: Path):  # type: ignore[no-untyped-def]
-    """A throw-away redis-server on a free port (the shared one is left alone)."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(work),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(100):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
 def make_model(out_dir: Path, image_size: int) -> Path:
     """A randomly initialised cnn-lstm on the tiny backbone (a random model decodes max_len tokens: worst case)."""
-    import torch
-
-    from vicap_jobs.data.text import tokenize
-    from vicap_jobs.data.vocab import Vocabulary
-    from vicap_jobs.models.checkpoint import save_checkpoint
-    from vicap_jobs.models.registry import get_family
-
-    torch.manual_seed(0)
-    words = tokenize("một cầu thủ đang đá quả bóng trên sân cỏ xanh trong trận đấu bóng đá buổi chiều", "syllable")
-    vocab = Vocabulary.build([words], tokenization="syllable")
-    spec = get_family("cnn-lstm")
-    config = spec.config_cls(backbone="tiny", image_size=image_size, dropout=0.0)
-    model = spec.build(config, len(vocab), backbone_weights="random").eval()
-    return save_checkpoint(out_dir, model=model, family="cnn-lstm", codec=vocab, meta={"bench": "queue_overhead"})
+    return make_tiny_model(out_dir, image_size, bench="queue_overhead")
 
 
 def make_images(folder: Path, n: int, size: int) -> Path:

@@ -87,11 +87,15 @@ def scale(data: dict[str, Any]) -> list[str]:
             rows,
         ),
     ]  # fmt: skip
-    writer = data.get("writer_alone") or data.get("writer")
-    if isinstance(writer, dict):
-        best = writer.get("rows_per_s") or writer.get("best_rows_per_s")
-        if best is not None:
-            lines += ["", f"Caption writer alone on PostgreSQL: {best:,.0f} rows/s (target 20,000)."]
+    writer = data.get("writer_rows_per_s") or {}
+    if writer:
+        per_batch = ", ".join(f"{float(rows):,.0f} rows/s at {size}-row batches" for size, rows in writer.items())
+        lines += ["", f"Caption writer alone on PostgreSQL: {per_batch} (target 20,000 at chunk-sized batches)."]
+    lines += [
+        "",
+        f"Flat cost per image: {data.get('flat')}; the largest run's submit (walk + register) took "
+        f"{data.get('submit_s_largest')} s.",
+    ]
     return lines
 
 

@@ -181,6 +181,21 @@ def test_close_refuses_other_outcomes(any_db: Engine, status: str) -> None:
     assert jobs.get_chunk(any_db, chunk_id).status == "running"
 
 
+def test_captioned_among_finds_the_listed_images_with_a_row_for_the_job_only(any_db: Engine, tmp_path: Path) -> None:
+    a, b, c, d, e = jobs.add_images(any_db, tmp_path / "img", 5)
+    job_id, _ = jobs.caption_job(any_db, [a, b, c, d, e], chunk_size=5)
+    other_job, _ = jobs.caption_job(any_db, [a, b, c, d, e], chunk_size=5)
+    jobs.write(any_db, job_id, [ok(b), error(c), ok(e)])
+    jobs.write(any_db, other_job, [ok(a), ok(d)])
+    with session_scope(any_db) as session:
+        found = chunks.captioned_among(session=session, job_id=job_id, image_ids=[a, b, c, d, e])
+        assert found == {b, c, e}
+        assert chunks.captioned_among(session=session, job_id=job_id, image_ids=[e, a, c]) == {c, e}  # any order
+        assert chunks.captioned_among(session=session, job_id=job_id, image_ids=[a, d]) == set()  # b, c between
+        assert chunks.captioned_among(session=session, job_id=job_id, image_ids=[]) == set()
+        assert chunks.captioned_among(session=session, job_id=other_job, image_ids=[a, b]) == {a}
+
+
 # --------------------------------------------------------------------------- give up
 
 

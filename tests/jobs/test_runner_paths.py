@@ -40,7 +40,7 @@ def _latencies(db: Engine, job_id: int) -> dict[int, float | None]:
 
 
 class Clock:
-    """A ``time`` stand-in whose ``perf_counter`` advances one second per call, per thread.
+    """A ``time`` stand-in whose ``perf_counter`` advances one second per call, per thread; ``monotonic`` stands still.
 
     Per thread: the read-ahead thread decodes the next batch while the engine runs, so a shared
     counter would hand the engine's timer the reader's ticks in whatever order the threads ran.
@@ -52,6 +52,9 @@ class Clock:
     def perf_counter(self) -> float:
         self.local.now = getattr(self.local, "now", 0.0) + 1.0
         return float(self.local.now)
+
+    def monotonic(self) -> float:
+        return 0.0  # the runner's write interval never elapses: rows are written by count and at the end
 
 
 def test_the_next_batch_is_read_while_the_engine_captions_this_one(
@@ -86,12 +89,12 @@ def test_a_chunk_records_its_timings_and_each_image_its_share_of_the_batch(
     outcome = run_chunk(
         db=any_db, chunk_id=chunk_id, engines=engines, worker_name="w", heartbeat=lambda: beats.append(1)
     )
-    # per batch: reading takes 1 tick, the engine 2 (its latency clock starts with it), writing 1
-    assert outcome == ChunkOutcome("done", n_ok=4, n_failed=0, read_s=2.0, infer_s=4.0, write_s=2.0)
-    assert len(beats) == 2
+    # per batch: reading takes 1 tick, the engine 2 (its latency clock starts with it); one write of 1 tick
+    assert outcome == ChunkOutcome("done", n_ok=4, n_failed=0, read_s=2.0, infer_s=4.0, write_s=1.0)
+    assert len(beats) == 2  # the worker's heartbeat callback, after each batch
     chunk = jobs.get_chunk(any_db, chunk_id)
-    assert (chunk.read_s, chunk.infer_s, chunk.write_s) == (2.0, 4.0, 2.0)
-    assert naive(chunk.heartbeat_at) > naive(chunk.started_at)  # beaten after each batch
+    assert (chunk.read_s, chunk.infer_s, chunk.write_s) == (2.0, 4.0, 1.0)
+    assert naive(chunk.heartbeat_at) > naive(chunk.started_at)  # beaten with the write
     assert _latencies(any_db, job_id) == dict.fromkeys(images, 500.0)  # 1 tick shared by the 2 images of a batch
     with session_scope(any_db) as session:
         engines_used = set(session.scalars(select(Caption.engine).where(Caption.job_id == job_id)))
@@ -101,6 +104,46 @@ def test_a_chunk_records_its_timings_and_each_image_its_share_of_the_batch(
     assert (engines_used, model_ids) == ({"spy"}, {job.model_id})
     assert (job.status, job.device, job.done) == ("succeeded", "gpu3", 4)
     assert jobs.captions(any_db, job_id)[images[3]] == ("ok", caption_of(images[3]), None)
+
+
+def _count_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of results of each ``write_results`` call the runner makes, in order."""
+    sizes: list[int] = []
+    real = runner.write_results
+
+    def spy(**kwargs):  # type: ignore[no-untyped-def]
+        sizes.append(len(kwargs["results"]))
+        return real(**kwargs)
+
+    monkeypatch.setattr(runner, "write_results", spy)
+    return sizes
+
+
+def test_rows_are_written_once_enough_are_waiting_and_at_the_end_of_the_chunk(
+    any_db: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images, job_id, (chunk_id,), engines = _setup(any_db, tmp_path, 5, chunk_size=5, batch_size=2)
+    monkeypatch.setattr(runner, "WRITE_EVERY_ROWS", 3)
+    monkeypatch.setattr(runner, "WRITE_EVERY_S", 3600.0)
+    writes = _count_writes(monkeypatch)
+    done_seen: list[int] = []
+    engines.engine.on_batch = lambda n: done_seen.append(jobs.get_job(any_db, job_id).done)
+    outcome = run_chunk(db=any_db, chunk_id=chunk_id, engines=engines, worker_name="w")
+    assert writes == [4, 1]  # 2 + 2 rows waiting ≥ 3: written; the last image at the end
+    assert done_seen == [0, 0, 4]  # progress moves with each write, while the chunk runs
+    assert (outcome.status, outcome.n_ok) == ("done", 5)
+    assert set(jobs.captions(any_db, job_id)) == set(images)
+    assert jobs.get_job(any_db, job_id).done == 5
+
+
+def test_rows_waiting_longer_than_the_write_interval_are_written_after_their_batch(
+    any_db: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, job_id, (chunk_id,), engines = _setup(any_db, tmp_path, 5, chunk_size=5, batch_size=2)
+    monkeypatch.setattr(runner, "WRITE_EVERY_S", 0.0)
+    writes = _count_writes(monkeypatch)
+    assert run_chunk(db=any_db, chunk_id=chunk_id, engines=engines, worker_name="w").n_ok == 5
+    assert writes == [2, 2, 1]
 
 
 def test_an_engine_that_answers_too_few_captions_fails_its_batch_not_the_chunk(any_db: Engine, tmp_path: Path) -> None:
@@ -225,6 +268,7 @@ def test_a_running_chunk_of_a_job_cancelled_mid_chunk_is_closed_as_cancelled(any
     engines.engine.on_batch = lambda n: jobs.set_job(any_db, job_id, status="cancelled")  # the job row only
     outcome = run_chunk(db=any_db, chunk_id=chunk_id, engines=engines, worker_name="w")
     assert (outcome.status, outcome.n_ok, engines.engine.batches) == ("cancelled", 2, [images[:2]])
+    assert set(jobs.captions(any_db, job_id)) == set(images[:2])  # what was captioned before the cancel is kept
     chunk = jobs.get_chunk(any_db, chunk_id)
     assert (chunk.status, chunk.read_s) == ("cancelled", None) and chunk.finished_at is not None
 

@@ -93,3 +93,22 @@ def test_no_results_write_nothing(any_db: Engine) -> None:
     job_id, _ = jobs.caption_job(any_db, [1], chunk_size=1)
     assert jobs.write(any_db, job_id, []) == (0, 0)
     assert jobs.get_job(any_db, job_id).done == 0
+
+
+def test_an_image_twice_in_one_batch_is_one_row_counted_once(any_db: Engine, tmp_path: Path) -> None:
+    a, b = jobs.add_images(any_db, tmp_path / "img", 2)
+    job_id, _ = jobs.caption_job(any_db, [a, b], chunk_size=2)
+    assert jobs.write(any_db, job_id, [ok(a, "first"), error(b), ok(a, "second")]) == (1, 1)
+    assert jobs.captions(any_db, job_id) == {a: ("ok", "first", None), b: ("error", None, "cannot read image: broken")}
+    job = jobs.get_job(any_db, job_id)
+    assert (job.done, job.failed) == (2, 1)
+
+
+def test_a_large_batch_is_written_whole(any_db: Engine, tmp_path: Path) -> None:
+    images = jobs.add_images(any_db, tmp_path / "img", 300)
+    job_id, _ = jobs.caption_job(any_db, images, chunk_size=300)
+    results = [error(i) if n % 7 == 0 else ok(i, f"ảnh {n}") for n, i in enumerate(images)]
+    assert jobs.write(any_db, job_id, results) == (257, 43)
+    rows = jobs.captions(any_db, job_id)
+    assert len(rows) == 300 and rows[images[8]] == ("ok", "ảnh 8", None)
+    assert (jobs.get_job(any_db, job_id).done, jobs.get_job(any_db, job_id).failed) == (300, 43)
