@@ -154,7 +154,10 @@ def auto_choice(checkpoint: Path, threads: int, sample: list[Path]) -> dict[str,
     from vicap_jobs.engines import ModelArtifacts
     from vicap_jobs.engines.choice import MAX_IMAGES, choose_engine
 
+    from vicap_jobs.settings import reset_settings
+
     os.environ["VICAP_HOME"] = tempfile.mkdtemp(prefix="vicap-bench-choice-")  # no cached choice: measured now
+    reset_settings()  # settings are read once per process
     started = time.perf_counter()
     images = [load_rgb(path) for path in sample[:MAX_IMAGES]]
     artifacts = ModelArtifacts(checkpoint, exports={"onnx": checkpoint / "onnx"})
