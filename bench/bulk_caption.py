@@ -153,7 +153,6 @@ def auto_choice(checkpoint: Path, threads: int, sample: list[Path]) -> dict[str,
     from vicap_jobs.data.images import load_rgb
     from vicap_jobs.engines import ModelArtifacts
     from vicap_jobs.engines.choice import MAX_IMAGES, choose_engine
-
     from vicap_jobs.settings import reset_settings
 
     os.environ["VICAP_HOME"] = tempfile.mkdtemp(prefix="vicap-bench-choice-")  # no cached choice: measured now
