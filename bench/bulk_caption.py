@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None) -> None:
         "target_over_torch": TARGET_RATIO,
         "target_agreement": TARGET_AGREEMENT,
         "target_met": None if ratio is None else ratio >= TARGET_RATIO,
+        "findings": [],  # the measured conclusions, written into the result by hand after a run (see REPORT.md)
     }
     path = write_result(args.result_name, payload)
     print(json.dumps({k: v for k, v in payload.items() if k != "engines"}, indent=2, ensure_ascii=False))

@@ -67,6 +67,9 @@ def bulk_caption(data: dict[str, Any]) -> list[str]:
         f"Fastest engine with ≥ {percent(data.get('target_agreement'))} identical captions: {fastest} at "
         f"{ratio(data.get('fastest_over_torch'))} torch fp32 (target {ratio(data.get('target_over_torch'))}: {met})."
     )
+    findings = data.get("findings") or []
+    if findings:
+        lines += ["", "What blocks the target and what was tried:", "", *(f"- {finding}" for finding in findings)]
     return lines
 
 
