@@ -226,7 +226,7 @@ def test_models_show_prints_the_default_engine_and_why(
     families = CliRunner().invoke(cli, ["models", "families"], prog_name="vicap-jobs", terminal_width=250)
     assert families.exit_code == 0, families.output
     assert "torch (default), int8 (preferred when faster here)" in families.output
-    assert "onnx (default), torch, torch-bf16" in families.output
+    assert "onnx (default), torch, torch-bf16 (preferred when faster here), onnx-int8 (preferred" in families.output
 
 
 def test_models_show_survives_a_missing_checkpoint(vicap_env: Path, tmp_path: Path) -> None:

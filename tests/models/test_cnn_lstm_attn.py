@@ -30,7 +30,15 @@ def tokens_in(batch: int = B, length: int = T) -> torch.Tensor:
 def test_registered_through_the_registry() -> None:
     spec = get_family("cnn-lstm-attn")
     assert spec.config_cls is CNNLSTMAttnConfig and spec.model.codec == "vocab"
-    assert spec.engine_names == ("onnx", "torch", "torch-bf16") and spec.exports == ("onnx",)
+    assert spec.engine_names == (
+        "onnx",
+        "torch",
+        "torch-bf16",
+        "onnx-int8",
+        "openvino",
+        "openvino-bf16",
+        "openvino-int8",
+    ) and spec.exports == ("onnx",)
     assert spec.model.layout.name == "safetensors"
 
 

@@ -22,13 +22,26 @@ def test_names_and_unknown_family_lists_the_valid_ones() -> None:
 
 def test_engine_names_belong_to_families() -> None:
     spec = get_family("cnn-lstm-attn")
-    assert spec.engine_names == ("onnx", "torch", "torch-bf16") and spec.default_engine == "onnx"
+    assert (
+        spec.engine_names == ("onnx", "torch", "torch-bf16", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8")
+        and spec.default_engine == "onnx"
+    )
     assert spec.engine_class("torch").__name__ == "TorchEngine"
-    assert all_engine_names() == ["int8", "onnx", "torch", "torch-bf16"]  # the union: int8 is the VLP families'
+    assert all_engine_names() == [
+        "int8",
+        "onnx",
+        "onnx-int8",
+        "openvino",
+        "openvino-bf16",
+        "openvino-int8",
+        "torch",
+        "torch-bf16",
+    ]  # the union: int8 is the VLP families'
     with pytest.raises(UnknownEngineError) as info:
         spec.engine_class("int8")
     assert str(info.value) == (
-        "unknown engine 'int8' for model family 'cnn-lstm-attn'; choose one of: onnx, torch, torch-bf16"
+        "unknown engine 'int8' for model family 'cnn-lstm-attn'; choose one of: "
+        "onnx, torch, torch-bf16, onnx-int8, openvino, openvino-bf16, openvino-int8"
     )
     assert isinstance(info.value, UnknownNameError)
 
