@@ -33,6 +33,10 @@ class ImageError(InputError):
     """An image cannot be decoded or is unsafe to decode; the message says why."""
 
 
+class UploadTooLargeError(ImageError):
+    """An uploaded photo over the web view's byte limit (HTTP 413)."""
+
+
 class EngineUnavailableError(VicapError):
     """An engine cannot run on this machine (no such instructions, no GPU, a CPU-only engine on a GPU)."""
 

@@ -64,6 +64,18 @@ class Settings(BaseSettings):
         default=None,
         description="Comma-separated Python modules every process imports first; they register families or job kinds.",
     )
+    web_token: str | None = Field(
+        default=None,
+        description="Secret every web request must carry (Bearer header or the login cookie); required off 127.0.0.1.",
+    )
+    web_roots: str | None = Field(
+        default=None,
+        description="Folders (separated by ':') under which the web view may submit caption jobs; none: submission off.",
+    )
+    web_max_upload_mb: float = Field(default=20.0, gt=0, description="Largest photo the web view accepts, in MB.")
+    web_max_upload_pixels: int = Field(
+        default=40_000_000, gt=0, description="Most pixels (width x height) of a photo the web view decodes."
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -132,7 +144,18 @@ class Settings(BaseSettings):
             "VICAP_NIGHTLY_CRON": self.nightly_cron,
             "VICAP_TORCH_THREADS": str(self.torch_threads or "(all cores)"),
             "VICAP_PLUGINS": self.plugins or "(none)",
+            "VICAP_WEB_TOKEN": "***" if self.web_token else "(none)",
+            "VICAP_WEB_ROOTS": self.web_roots or "(none: submitting folders from the web view is off)",
+            "VICAP_WEB_MAX_UPLOAD_MB": str(self.web_max_upload_mb),
+            "VICAP_WEB_MAX_UPLOAD_PIXELS": str(self.web_max_upload_pixels),
         }
+
+    @property
+    def web_root_paths(self) -> list[Path]:
+        """The allowed roots of ``VICAP_WEB_ROOTS``, resolved (links followed), in the order given."""
+        if not self.web_roots:
+            return []
+        return [Path(part).expanduser().resolve() for part in self.web_roots.split(":") if part.strip()]
 
 
 def mask_password(url: str) -> str:

@@ -35,7 +35,7 @@ TINY_WORDS = ["một", "bức", "ảnh", "màu", "đỏ", "xanh", "con", "mèo",
 # -- a tiny random model ---------------------------------------------------------------------
 
 
-def build_tiny_checkpoint(out_dir: Path, *, family: str = "cnn-lstm", image_size: int = 32) -> Path:
+def build_tiny_checkpoint(out_dir: Path, *, family: str = "cnn-lstm", image_size: int = 32, seed: int = 0) -> Path:
     """A random cnn-lstm on the tiny backbone, saved as a real checkpoint (milliseconds per image on CPU)."""
     import torch
 
@@ -43,7 +43,7 @@ def build_tiny_checkpoint(out_dir: Path, *, family: str = "cnn-lstm", image_size
     from vicap_jobs.models.checkpoint import save_checkpoint
     from vicap_jobs.models.registry import get_family
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     spec = get_family(family)
     vocab = Vocabulary.build([TINY_WORDS], tokenization="syllable")
     config = spec.config_cls(backbone="tiny", image_size=image_size, embed_dim=16, hidden_dim=32, dropout=0.0)

@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "worker": "vicap_jobs.cli.worker_cmd:worker",
     "scheduler": "vicap_jobs.cli.scheduler_cmd:scheduler",
     "demo": "vicap_jobs.cli.demo_cmd:demo",
+    "web": "vicap_jobs.cli.web_cmd:web",
 }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +35,7 @@ class CaptionJobPlan:
     chunk_ids: list[int]
     n_images: int
     skipped_dirs: int = 0
+    skipped_outside: int = 0
 
 
 #: Files per upsert statement (``vicap_jobs.db.bulk``: one array per column on PostgreSQL,
@@ -109,11 +110,14 @@ def create_caption_job(
     batch_size: int,
     chunk_size: int,
     gpu: int | None = None,
+    within: Sequence[Path] | None = None,
 ) -> CaptionJobPlan:
     """A queued ``caption`` job over every image file in ``folder``, split into chunks.
 
     ``model`` None picks the newest registered model; ``gpu`` pins the job to that GPU's worker.
-    No Celery here: the caller publishes the job's chunks.
+    ``within`` (resolved folders; the web view's ``VICAP_WEB_ROOTS``): files whose real path,
+    links followed, lies outside all of them are left out and counted, so a link inside an
+    allowed folder cannot reach a file elsewhere. No Celery here: the caller publishes the job's chunks.
     """
     if batch_size <= 0:
         raise InputError("--batch-size must be positive")
@@ -121,6 +125,11 @@ def create_caption_job(
     engine = engine_for_job(model_row, engine_name)
     report = WalkReport()
     paths = list(iter_image_files(Path(folder).expanduser().resolve(), recursive=recursive, report=report))
+    found = len(paths)
+    if within is not None:
+        paths = [path for path in paths if is_within(path, within)]
+    if not paths and found:
+        raise InputError(f"every image file in {folder} is a link to a file outside the allowed folders")
     if not paths:
         raise InputError(
             f"no image files (jpg, jpeg, png, webp, bmp, gif) in {folder}" + ("" if recursive else "; try --recursive")
@@ -142,4 +151,19 @@ def create_caption_job(
         )
         chunk_ids = create_chunks(session=session, job_id=job_id, image_ids=image_ids, chunk_size=chunk_size)
     log.info("job %d: %d images in %d chunks", job_id, len(image_ids), len(chunk_ids))
-    return CaptionJobPlan(job_id=job_id, chunk_ids=chunk_ids, n_images=len(image_ids), skipped_dirs=report.skipped_dirs)
+    return CaptionJobPlan(
+        job_id=job_id,
+        chunk_ids=chunk_ids,
+        n_images=len(image_ids),
+        skipped_dirs=report.skipped_dirs,
+        skipped_outside=found - len(paths),
+    )
+
+
+def is_within(path: Path, roots: Sequence[Path]) -> bool:
+    """True when ``path``'s real location (every link followed) lies inside one of the resolved ``roots``."""
+    try:
+        real = Path(path).resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, a link loop, unreadable
+        return False
+    return any(real == root or real.is_relative_to(root) for root in roots)

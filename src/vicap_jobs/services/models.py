@@ -41,6 +41,7 @@ class ModelRef:
     dataset_id: int | None
     created_at: datetime
     exported_at: datetime | None
+    trained_by_job_id: int | None = None
 
 
 def _ref(row: Model) -> ModelRef:
@@ -58,6 +59,7 @@ def _ref(row: Model) -> ModelRef:
         dataset_id=row.dataset_id,
         created_at=row.created_at,
         exported_at=row.exported_at,
+        trained_by_job_id=row.trained_by_job_id,
     )
 
 

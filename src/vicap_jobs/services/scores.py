@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 
 from vicap_jobs.db.session import session_scope
+from vicap_jobs.db.tables import Dataset, Evaluation
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,12 @@ ORDER BY s.dataset_name, s.split, s.bleu_4 DESC
 """
 
 
-def latest_scores(*, db: Engine, dataset: str | None = None) -> list[ScoreRow]:
-    """Newest evaluation per model × data set × split × tokenization, with its baseline."""
+def latest_scores(*, db: Engine, dataset: str | None = None, model: str | None = None) -> list[ScoreRow]:
+    """Newest evaluation per model × data set × split × tokenization, with its baseline (one data set or model if asked)."""
     with session_scope(db) as session:
         rows = session.execute(text(LATEST_VS_BASELINE_SQL)).all()
     result = [ScoreRow(*row) for row in rows]
-    return [r for r in result if dataset is None or r.dataset == dataset]
+    return [r for r in result if (dataset is None or r.dataset == dataset) and (model is None or r.model == model)]
 
 
 def baselines(*, db: Engine) -> list[tuple[str, str, str, float, float, int]]:
@@ -66,3 +68,38 @@ def baselines(*, db: Engine) -> list[tuple[str, str, str, float, float, int]]:
                 )
             ).all()
         ]
+
+
+@dataclass(frozen=True)
+class ScorePoint:
+    """One evaluation of a model, for the score history chart."""
+
+    dataset: str
+    split: str
+    tokenization: str
+    bleu_4: float
+    rouge_l: float
+    n_images: int
+    created_at: datetime
+    job_id: int | None
+
+
+def score_history(*, db: Engine, model_id: int) -> list[ScorePoint]:
+    """Every evaluation of model ``model_id`` (nightly ones included), oldest first."""
+    with session_scope(db) as session:
+        rows = session.execute(
+            select(
+                Dataset.name,
+                Evaluation.split,
+                Evaluation.tokenization,
+                Evaluation.bleu_4,
+                Evaluation.rouge_l,
+                Evaluation.n_images,
+                Evaluation.created_at,
+                Evaluation.job_id,
+            )
+            .join(Dataset, Dataset.id == Evaluation.dataset_id)
+            .where(Evaluation.model_id == model_id, Evaluation.is_baseline.is_(False))
+            .order_by(Evaluation.created_at, Evaluation.id)
+        ).all()
+    return [ScorePoint(*row) for row in rows]

@@ -6,7 +6,8 @@ The ``workers`` table is how the CLI knows whether anything will pick up a job
 
 from __future__ import annotations
 
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, delete, select
 
@@ -45,3 +46,42 @@ def forget_worker(*, db: Engine, name: str) -> None:
     """A worker shutting down cleanly removes its row."""
     with session_scope(db) as session:
         session.execute(delete(Worker).where(Worker.name == name))
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    """A worker's row: its name, queues, device and last heartbeat."""
+
+    name: str
+    queues: list[str]
+    device: str | None
+    pid: int | None
+    started_at: datetime
+    last_seen_at: datetime
+    alive: bool
+
+
+def list_workers(*, db: Engine, within_s: float | None = None) -> list[WorkerRow]:
+    """Every worker row, newest heartbeat first; ``alive`` as in :func:`live_workers`."""
+    if within_s is None:
+        within_s = max(3 * get_settings().heartbeat_s, 10.0)
+    cutoff = utcnow() - timedelta(seconds=within_s)
+    with session_scope(db) as session:
+        rows = list(session.scalars(select(Worker).order_by(Worker.last_seen_at.desc(), Worker.name)))
+        return [
+            WorkerRow(
+                name=row.name,
+                queues=list(row.queues or []),
+                device=row.device,
+                pid=row.pid,
+                started_at=row.started_at,
+                last_seen_at=row.last_seen_at,
+                alive=_aware(row.last_seen_at) >= cutoff,
+            )
+            for row in rows
+        ]
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; the store always writes UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
