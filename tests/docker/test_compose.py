@@ -88,6 +88,15 @@ def test_healthchecks_and_localhost_only_flower(compose: dict) -> None:
     assert all(port.startswith("127.0.0.1:") for port in services["flower"]["ports"])
 
 
+def test_web_service_is_published_on_loopback_only_and_needs_its_token(compose: dict) -> None:
+    web = compose["services"]["web"]
+    assert web["command"][0] == "web" and "--host" in web["command"]
+    assert web["ports"] and all(port.startswith("127.0.0.1:") for port in web["ports"])
+    assert "VICAP_WEB_TOKEN" in web["environment"] and web["environment"]["VICAP_WEB_ROOTS"] == "/photos"
+    assert web["environment"]["VICAP_DATABASE_URL"] == compose["services"]["worker-gpu0"]["environment"]["VICAP_DATABASE_URL"]
+    assert web["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
 def test_volumes_for_home_and_photos(compose: dict) -> None:
     volumes = compose["services"]["worker-gpu0"]["volumes"]
     assert any(v.endswith(":/var/lib/vicap-jobs") for v in volumes)

@@ -13,17 +13,20 @@ changes go through ``web/actions.py``.
 
 from __future__ import annotations
 
+import logging
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vicap_jobs import __version__
 from vicap_jobs.db.store import open_engine
@@ -33,6 +36,7 @@ from vicap_jobs.settings import Settings, get_settings
 from vicap_jobs.web import auth
 
 HERE = Path(__file__).parent
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -116,9 +120,38 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
 
 
 def _install_error_pages(app: FastAPI) -> None:
+    """Every error is one readable line: ``{"error": ...}`` under /api, the error page elsewhere; never a traceback."""
+
+    def one_line(request: Request, status: int, message: str) -> Response:
+        if wants_json(request):
+            return JSONResponse({"error": message}, status_code=status)
+        return render(request, "error.html", status_code=status, message=message, status=status)
+
     @app.exception_handler(VicapError)
     async def domain_error(request: Request, exc: VicapError) -> Response:
-        status = status_for(exc)
-        if wants_json(request):
-            return JSONResponse({"error": str(exc)}, status_code=status)
-        return render(request, "error.html", status_code=status, message=str(exc), status=status)
+        return one_line(request, status_for(exc), str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = "no such page" if exc.status_code == 404 else str(exc.detail)
+        return one_line(request, exc.status_code, message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        return one_line(request, 422, validation_message(exc))
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return one_line(request, 500, f"unexpected {type(exc).__name__}: {first} (see the server log)")
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    """The first problem of a rejected request as one line, e.g. "query status: Input should be 'queued', ..."."""
+    errors = exc.errors()
+    if not errors:
+        return "invalid request"
+    first = errors[0]
+    where = " ".join(str(part) for part in first.get("loc", ()) if part != "body")
+    return f"{where}: {first.get('msg', 'invalid')}".strip(": ")
