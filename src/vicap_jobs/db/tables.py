@@ -68,6 +68,7 @@ class Image(Base):
     __table_args__ = (
         UniqueConstraint("dataset_id", "path"),
         Index("ix_images_sha256", "sha256"),
+        Index("ix_images_phash", "phash"),
         Index("ix_images_dataset_id_split", "dataset_id", "split"),
         Index(
             "uq_images_adhoc_path",
@@ -85,6 +86,10 @@ class Image(Base):
     file_name: Mapped[str] = mapped_column(Text)
     coco_id: Mapped[int | None] = mapped_column(Integer, comment="image id in the source COCO JSON, if any")
     sha256: Mapped[str | None] = mapped_column(String(64), comment="NULL when the file was missing at import")
+    phash: Mapped[str | None] = mapped_column(
+        String(16),
+        comment="64-bit perceptual hash (imagehash.phash) as 16 hex digits; NULL until computed or when unreadable",
+    )
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     split: Mapped[str | None] = mapped_column(String(10))
@@ -107,6 +112,9 @@ class ReferenceCaption(Base):
     position: Mapped[int] = mapped_column(Integer, comment="order within the image, from 0")
     text: Mapped[str] = mapped_column(Text, comment="as given in the source file")
     normalized: Mapped[str] = mapped_column(Text, comment="NFC, lowercase, no punctuation, diacritics kept")
+    segmented: Mapped[str | None] = mapped_column(
+        Text, comment="word-segmented form given by the data set (KTVIC: 'khung_cảnh'); NULL: pyvi segments it"
+    )
     coco_annotation_id: Mapped[int | None] = mapped_column(Integer)
 
     image: Mapped[Image] = relationship(back_populates="references")
@@ -237,6 +245,29 @@ class Caption(Base):
     latency_ms: Mapped[float | None] = mapped_column(Float, comment="per-image share of its batch's engine time")
     status: Mapped[str] = mapped_column(String(10))
     error: Mapped[str | None] = mapped_column(Text, comment="readable reason, e.g. 'truncated or corrupt image data'")
+    reused_from_id: Mapped[int | None] = mapped_column(
+        ForeignKey("captions.id", ondelete="SET NULL"),
+        comment="the earlier caption of the same content this row copies (submit caption --skip-known)",
+    )
+    created_at: Mapped[datetime] = _timestamp()
+
+
+class ImageOverlap(Base):
+    """Two images that are the same photo: equal sha256 (exact) or perceptual hashes within a threshold (near)."""
+
+    __tablename__ = "image_overlaps"
+    __table_args__ = (
+        UniqueConstraint("image_a_id", "image_b_id"),
+        Index("ix_image_overlaps_image_b_id", "image_b_id"),
+        CheckConstraint("kind IN ('exact', 'near')", name="kind"),
+        CheckConstraint("image_a_id < image_b_id", name="ordered"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_a_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), comment="the smaller id")
+    image_b_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(10), comment="exact (same sha256) | near (phash within the threshold)")
+    distance: Mapped[int] = mapped_column(Integer, comment="Hamming distance of the perceptual hashes (0..64)")
     created_at: Mapped[datetime] = _timestamp()
 
 
@@ -266,6 +297,10 @@ class Evaluation(Base):
     n_images: Mapped[int] = mapped_column(Integer)
     is_baseline: Mapped[bool] = mapped_column(Boolean, default=False)
     source: Mapped[str | None] = mapped_column(Text, comment="baseline caption, or the predictions file evaluated")
+    training_overlap: Mapped[int | None] = mapped_column(
+        Integer,
+        comment="evaluated images that are exact or near duplicates of the model's training images; NULL: not checked",
+    )
     created_at: Mapped[datetime] = _timestamp()
 
 
