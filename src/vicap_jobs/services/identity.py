@@ -1,0 +1,64 @@
+"""One identity per image: perceptual hashes computed once per content and stored on the image rows.
+
+A hash is computed once per sha256: rows whose content already has a hash (another data set's
+copy of the photo, an earlier caption folder) get that hash without decoding anything. Files
+that cannot be decoded keep NULL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from pathlib import Path
+
+from sqlalchemy import Engine, select, update
+
+from vicap_jobs.data.images import load_rgb
+from vicap_jobs.data.phash import perceptual_hash
+from vicap_jobs.db.session import session_scope
+from vicap_jobs.db.tables import Image
+from vicap_jobs.errors import VicapError
+
+PAGE = 1000
+
+
+def fill_perceptual_hashes(*, db: Engine, image_ids: Iterable[int]) -> int:
+    """Give every listed image without a perceptual hash its hash; returns how many files were hashed by decoding them."""
+    ids = list(dict.fromkeys(image_ids))
+    decoded = 0
+    for start in range(0, len(ids), PAGE):
+        page = ids[start : start + PAGE]
+        with session_scope(db) as session:
+            rows = session.execute(
+                select(Image.id, Image.path, Image.sha256).where(Image.id.in_(page), Image.phash.is_(None))
+            ).all()
+            digests = {sha for _, _, sha in rows if sha}
+            known: dict[str, str] = {}
+            if digests:
+                for sha, value in session.execute(
+                    select(Image.sha256, Image.phash).where(Image.sha256.in_(digests), Image.phash.is_not(None))
+                ):
+                    if sha is not None and value is not None:
+                        known[sha] = value
+        hashes: dict[int, str] = {}
+        for image_id, path, sha in rows:
+            if sha and sha in known:
+                hashes[image_id] = known[sha]
+                continue
+            value = _hash_file(Path(path))
+            if value is None:
+                continue
+            decoded += 1
+            hashes[image_id] = value
+            if sha:
+                known[sha] = value
+        with session_scope(db) as session:
+            for image_id, value in hashes.items():
+                session.execute(update(Image).where(Image.id == image_id).values(phash=value))
+    return decoded
+
+
+def _hash_file(path: Path) -> str | None:
+    with contextlib.suppress(VicapError, OSError):
+        return perceptual_hash(load_rgb(path))
+    return None

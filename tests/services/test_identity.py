@@ -1,0 +1,48 @@
+"""Perceptual hashes are computed once per content and survive re-encoding."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+from sqlalchemy import Engine, select
+
+from vicap_jobs.data.phash import hamming, perceptual_hash
+from vicap_jobs.db.session import session_scope
+from vicap_jobs.db.tables import Image
+from vicap_jobs.services.captioning import register_folder_images
+from vicap_jobs.services.identity import fill_perceptual_hashes
+
+
+def _photo(seed: int) -> PILImage.Image:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, size=(8, 8, 3), dtype=np.uint8)
+    return PILImage.fromarray(small).resize((128, 128), PILImage.Resampling.BILINEAR)
+
+
+def test_a_re_encoded_photo_keeps_its_hash_and_another_photo_does_not() -> None:
+    """JPEG at quality 40 stays within a few bits; an unrelated photo is far away."""
+    photo = _photo(1)
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=40)
+    again = PILImage.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    assert len(perceptual_hash(photo)) == 16
+    assert hamming(perceptual_hash(photo), perceptual_hash(again)) <= 6
+    assert hamming(perceptual_hash(photo), perceptual_hash(_photo(2))) > 16
+
+
+def test_hashes_are_computed_once_per_content(sqlite_db: Engine, tmp_path: Path) -> None:
+    """Two files with the same bytes are decoded once; an unreadable file keeps NULL."""
+    first, copy, broken = tmp_path / "a.png", tmp_path / "copy.png", tmp_path / "broken.png"
+    _photo(3).save(first)
+    copy.write_bytes(first.read_bytes())
+    broken.write_bytes(b"not a png")
+    ids = register_folder_images(db=sqlite_db, paths=[first, copy, broken])
+    assert fill_perceptual_hashes(db=sqlite_db, image_ids=ids) == 1
+    with session_scope(sqlite_db) as session:
+        hashes = dict(session.execute(select(Image.path, Image.phash).where(Image.id.in_(ids))).all())
+    assert hashes[str(first)] == hashes[str(copy)] == perceptual_hash(_photo(3).convert("RGB"))
+    assert hashes[str(broken)] is None
+    assert fill_perceptual_hashes(db=sqlite_db, image_ids=ids) == 0  # nothing left that can be hashed
