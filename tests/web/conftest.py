@@ -21,8 +21,10 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
@@ -48,7 +50,7 @@ class WebStore:
     caption_job: int
     evaluate_jobs: dict[str, int]
 
-    def app(self, **env: str):  # type: ignore[no-untyped-def]
+    def app(self, **env: Any) -> FastAPI:
         """The app over this store, with extra ``VICAP_*`` settings (read now, not from the environment)."""
         from vicap_jobs.web.app import create_app
 
@@ -106,10 +108,11 @@ def web_store(tmp_path_factory: pytest.TempPathFactory, make_sqlite_db) -> Itera
         import_coco_dataset(db, root / "coco")
         for seed, name in enumerate(("tiny-a", "tiny-b")):
             register(db, build_tiny_checkpoint(root / name, seed=seed), name)
-        evaluations = {
-            name: evaluate_model(db=db, model=name, dataset="coco-mini", split="test", engine_name="torch").job_id
-            for name in ("tiny-a", "tiny-b")
-        }
+        evaluations: dict[str, int] = {}
+        for name in ("tiny-a", "tiny-b"):
+            job_id = evaluate_model(db=db, model=name, dataset="coco-mini", split="test", engine_name="torch").job_id
+            assert job_id is not None
+            evaluations[name] = job_id
         photos = hostile_photos(root / "photos")
         plan = create_caption_job(
             db=db, folder=photos, model="tiny-a", engine_name="torch", recursive=False, batch_size=4, chunk_size=4
