@@ -148,13 +148,6 @@ def test_submit_with_a_bad_body_is_a_readable_422(web_store: WebStore, tmp_path:
             assert session.scalar(select(func.count()).select_from(Job)) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="web/api.py's docstring promises {'error': '<one line>'} for every API error, but request validation "
-    "(web/app.py _install_error_pages has no RequestValidationError / HTTPException handler) answers FastAPI's "
-    "{'detail': [...]}; add handlers that, for /api/ paths, return {'error': 'status: Input should be ...'} "
-    "with the same status (422, 404, 405)",
-)
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [

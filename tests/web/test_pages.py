@@ -6,6 +6,7 @@ import io
 import re
 import unicodedata
 
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -147,3 +148,22 @@ def test_thumbnail_is_a_small_jpeg(client: TestClient, web_store: WebStore) -> N
     assert max(Image.open(io.BytesIO(response.content)).size) <= 160
     broken = client.get(f"/thumbnails/{error_id.group(1)}.jpg")
     assert broken.status_code == 422 and broken.headers["content-type"].startswith("image/svg+xml")
+
+
+def test_an_upload_declared_over_the_cap_is_refused_before_it_is_read(
+    web_store: WebStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body whose Content-Length is past the cap gets 413 without the upload ever being read."""
+    from vicap_jobs.web import api, pages
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the upload was read")
+
+    monkeypatch.setattr(api, "read_upload", never)
+    monkeypatch.setattr(pages, "read_upload", never)
+    big = b"\xff" * 300_000
+    with TestClient(web_store.app(web_max_upload_mb=0.1)) as client:
+        api_answer = client.post("/api/caption", files={"file": ("big.jpg", big, "image/jpeg")})
+        form_answer = client.post("/try", files={"photo": ("big.jpg", big, "image/jpeg")})
+    assert api_answer.status_code == 413 and "limit is 0.1 MB" in api_answer.json()["error"]
+    assert form_answer.status_code == 413 and "limit is 0.1 MB" in form_answer.text

@@ -24,7 +24,10 @@ def web(host: str, port: int) -> None:
         VICAP_WEB_ROOTS=/data/photos vicap-jobs web --port 8080
         VICAP_WEB_TOKEN=$(openssl rand -hex 24) vicap-jobs web --host 0.0.0.0
     """
+    from vicap_jobs.settings import get_settings
+    from vicap_jobs.web.auth import check_bind
     from vicap_jobs.web.server import serve  # imports FastAPI, uvicorn and the engines: only for this command
 
+    check_bind(host, get_settings().web_token)  # refuse before saying anything about serving
     err_console.print(f"vicap-jobs web view on http://{'[' + host + ']' if ':' in host else host}:{port}/ (Ctrl-C stops it)")
     serve(host=host, port=port)

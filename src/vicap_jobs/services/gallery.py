@@ -90,7 +90,7 @@ def job_gallery(*, db: Engine, job_id: int, status: str = "all", page: int = 1, 
     return GalleryPage(job_id=job_id, status=status, page=page, per_page=per_page, matching=matching, items=items)
 
 
-def thumbnail_file(*, db: Engine, image_id: int, size: int = THUMBNAIL_SIZES[0]) -> Path:
+def thumbnail_file(*, db: Engine, image_id: int, size: int = THUMBNAIL_SIZES[0], cache_dir: Path | None = None) -> Path:
     """A JPEG of stored image ``image_id``, its longest side at most ``size``; made once, then read from the cache.
 
     Raises NotFoundError for an id that is not in the store, ImageError when the file can
@@ -104,7 +104,7 @@ def thumbnail_file(*, db: Engine, image_id: int, size: int = THUMBNAIL_SIZES[0])
         raise NotFoundError(f"no image with id {image_id}")
     path, digest = Path(row[0]), row[1]
     key = digest or f"id{image_id}-{_mtime_ns(path)}"
-    cached = get_settings().cache_dir / "thumbnails" / f"{key}-{size}.jpg"
+    cached = (cache_dir or get_settings().cache_dir) / "thumbnails" / f"{key}-{size}.jpg"
     if cached.exists():
         return cached
     image = load_rgb(path)

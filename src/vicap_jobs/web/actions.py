@@ -41,7 +41,9 @@ def allowed_folder(raw: str, roots: Sequence[Path]) -> Path:
             "submitting folders from the web view is off: set VICAP_WEB_ROOTS to the folders it may caption"
         )
     text = raw.strip()
-    if not text or "\x00" in text:
+    if "\x00" in text:
+        raise InputError("a folder path cannot contain a NUL character")
+    if not text:
         raise InputError("give the folder as an absolute path")
     path = Path(text).expanduser()
     if not path.is_absolute():
@@ -61,7 +63,9 @@ def _listing(roots: Sequence[Path]) -> str:
     return ", ".join(str(root) for root in roots)
 
 
-def submit_caption_job(*, db: Engine, request: CaptionRequest, roots: Sequence[Path]) -> CaptionJobPlan:
+def submit_caption_job(
+    *, db: Engine, request: CaptionRequest, roots: Sequence[Path], chunk_size: int | None = None
+) -> CaptionJobPlan:
     """Check the folder, create the job (images under the roots only) and publish its chunks."""
     folder = allowed_folder(request.folder, roots)
     plan = create_caption_job(
@@ -71,7 +75,7 @@ def submit_caption_job(*, db: Engine, request: CaptionRequest, roots: Sequence[P
         engine_name=request.engine or None,
         recursive=request.recursive,
         batch_size=request.batch_size,
-        chunk_size=get_settings().chunk_size,
+        chunk_size=chunk_size or get_settings().chunk_size,
         gpu=request.gpu,
         within=roots,
     )

@@ -71,7 +71,10 @@ def submit_caption(request: Request, body: CaptionJobIn) -> dict[str, Any]:
     """Queue a caption job for a folder under VICAP_WEB_ROOTS (links leading outside are left out)."""
     state = state_of(request)
     plan = actions.submit_caption_job(
-        db=state.db, request=actions.CaptionRequest(**body.model_dump()), roots=state.roots
+        db=state.db,
+        request=actions.CaptionRequest(**body.model_dump()),
+        roots=state.roots,
+        chunk_size=state.settings.chunk_size,
     )
     return {
         "job_id": plan.job_id,

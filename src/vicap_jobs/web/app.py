@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import unicodedata
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from vicap_jobs import __version__
 from vicap_jobs.db.store import open_engine
 from vicap_jobs.errors import ImageError, NotFoundError, UploadTooLargeError, VicapError
-from vicap_jobs.services.uploads import UploadCaptioner, UploadLimits
+from vicap_jobs.services.uploads import UploadCaptioner, UploadLimits, too_large_message
 from vicap_jobs.settings import Settings, get_settings
 from vicap_jobs.web import auth
 
@@ -84,6 +85,7 @@ def create_app(*, settings: Settings | None = None, db: Engine | None = None) ->
     )
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     auth.install(app, token=settings.web_token)
+    _install_upload_cap(app, limits.max_bytes)
     _install_error_pages(app)
 
     from vicap_jobs.web import api, pages  # the routers import this module's WebState
@@ -117,6 +119,26 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
     """A page from ``templates/``, with the request and the current path in its context."""
     state = state_of(request)
     return state.templates.TemplateResponse(request, template, context, status_code=status_code)
+
+
+UPLOAD_PATHS = ("/try", "/api/caption")
+MULTIPART_OVERHEAD = 64 * 1024
+"""Bytes a multipart body may carry beyond the photo (boundaries, headers, the model and engine fields)."""
+
+
+def _install_upload_cap(app: FastAPI, max_bytes: int) -> None:
+    """Refuse an upload whose declared size is over the cap before its body is read (and spooled to disk)."""
+
+    @app.middleware("http")
+    async def upload_cap(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.method == "POST" and request.url.path in UPLOAD_PATHS:
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD:
+                message = too_large_message(int(declared), max_bytes)
+                if wants_json(request):
+                    return JSONResponse({"error": message}, status_code=413)
+                return render(request, "error.html", status_code=413, message=message, status=413)
+        return await call_next(request)
 
 
 def _install_error_pages(app: FastAPI) -> None:

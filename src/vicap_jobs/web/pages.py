@@ -101,7 +101,8 @@ def export_download(request: Request, job_id: int, fmt: str) -> Response:
 def thumbnail(request: Request, image_id: int, size: int = THUMBNAIL_SIZES[0]) -> Response:
     """A stored image's thumbnail; the placeholder (still 404) when its file can no longer be read."""
     try:
-        path = thumbnail_file(db=state_of(request).db, image_id=image_id, size=size)
+        state = state_of(request)
+        path = thumbnail_file(db=state.db, image_id=image_id, size=size, cache_dir=state.settings.cache_dir)
     except VicapError as exc:
         placeholder = Path(__file__).parent / "static" / "missing.svg"
         return FileResponse(placeholder, status_code=status_for(exc), media_type="image/svg+xml")
