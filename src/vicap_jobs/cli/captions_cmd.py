@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from vicap_jobs.cli.common import err_console, open_store
-from vicap_jobs.services.captions_export import export_captions
+from vicap_jobs.services.captions_export import FORMATS, export_captions
 
 
 @click.group()
@@ -23,9 +23,7 @@ def captions() -> None:
 
 @captions.command()
 @click.argument("job_id", type=int)
-@click.option(
-    "--format", "fmt", type=click.Choice(["coco-json", "csv", "jsonl"]), default="coco-json", show_default=True
-)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="coco-json", show_default=True)
 @click.option(
     "--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Output file (default: stdout)."
 )
@@ -36,11 +34,17 @@ def export(job_id: int, fmt: str, out: Path | None) -> None:
     original COCO image ids of COCO-imported data sets, ready for pycocotools'
     `COCO.loadRes` and pycocoevalcap's `COCOEvalCap`; it lists captioned images
     only. `csv` and `jsonl` list every image, with status and error reason.
+    `viecap4h` is the VieCap4H submission `[{"id": file name, "captions"}]`;
+    `hf-jsonl` is `{"image": absolute path, "file_name", "text"}` per line, for
+    Hugging Face `datasets.load_dataset("json", data_files=...)`. Both list
+    captioned images only.
 
     Example:
 
     \b
         vicap-jobs captions export 12 --format coco-json --out results.json
+        vicap-jobs captions export 12 --format viecap4h --out results.json
+        vicap-jobs captions export 12 --format hf-jsonl --out train.jsonl
         vicap-jobs captions export 12 --format jsonl | head
     """
 

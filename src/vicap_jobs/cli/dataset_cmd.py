@@ -8,12 +8,14 @@ import click
 
 from vicap_jobs.cli import choices
 from vicap_jobs.cli.common import console, open_store, print_table
+from vicap_jobs.data.formats import FORMATS, REGISTRY
 from vicap_jobs.services.datasets import (
     DatasetInfo,
     create_synth_dataset,
     describe_dataset,
-    import_split,
+    import_file,
     list_datasets,
+    profile_dataset,
     set_nightly_splits,
 )
 
@@ -27,9 +29,14 @@ def dataset() -> None:
     \b
         vicap-jobs dataset import uitviic --format coco --split test \\
             --annotations uitviic_captions_test2017.json --images coco/val2017
+        vicap-jobs dataset import ktvic --annotations ktvic/train_data.json --images ktvic/train-images
         vicap-jobs dataset synth viic-synth --images 1000
         vicap-jobs dataset show uitviic
+        vicap-jobs dataset describe uitviic
     """
+
+
+DATASET_FORMAT = choices.RegistryChoice("data set format", lambda: FORMATS)
 
 
 @dataset.command("import")
@@ -37,10 +44,11 @@ def dataset() -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["coco", "captions-txt"]),
-    default="coco",
-    show_default=True,
-    help="coco: COCO captions JSON (UIT-ViIC). captions-txt: image_path<TAB>caption lines.",
+    type=DATASET_FORMAT,
+    default=None,
+    help="Default: told from the file's content. "
+    + "; ".join(f"{f.name}: {f.summary}" for f in REGISTRY.values())
+    + ".",
 )
 @click.option(
     "--annotations", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The captions file."
@@ -51,40 +59,58 @@ def dataset() -> None:
     type=click.Path(path_type=Path, file_okay=False),
     help="Folder the file names are relative to (default: the captions file's folder).",
 )
-@click.option("--split", type=choices.SPLIT, required=True)
+@click.option(
+    "--split",
+    type=choices.SPLIT,
+    default=None,
+    help="Default: the split the file names (uit-openviic-dev.json → val, test_data.json → test) "
+    "or, for csv / jsonl with a split column, every split in it.",
+)
 @click.option("--require-images", is_flag=True, help="Fail when an image file is missing instead of reporting it.")
 @click.option("--replace", is_flag=True, help="Replace this split if it was imported before.")
 def import_cmd(
-    name: str, fmt: str, annotations: Path, images_dir: Path | None, split: str, require_images: bool, replace: bool
+    name: str,
+    fmt: str | None,
+    annotations: Path,
+    images_dir: Path | None,
+    split: str | None,
+    require_images: bool,
+    replace: bool,
 ) -> None:
-    """Import one split of a data set (all of it or nothing).
+    """Import the split(s) of a captions file (all of them or nothing).
 
     Example:
 
     \b
         vicap-jobs dataset import uitviic --format coco --split train \\
             --annotations ../shared/data/uitviic/uitviic_captions_train2017.json --images coco/train2017
+        vicap-jobs dataset import openviic --annotations uit-openviic-dev.json --images images/
+        vicap-jobs dataset import ktvic --annotations ktvic/test_data.json --images ktvic/public-test-images
+        vicap-jobs dataset import mine --annotations captions.csv    # file,caption,split columns
         vicap-jobs dataset import kaggle --format captions-txt --split test --annotations test/captions.txt
     """
 
     _, db = open_store()
-    report = import_split(
+    reports = import_file(
         db=db,
         name=name,
-        fmt=fmt,
         annotations=annotations,
-        images_dir=images_dir,
+        fmt=fmt,
         split=split,
+        images_dir=images_dir,
         require_images=require_images,
         replace=replace,
     )
-    console.print(f"imported {report.n_images} images and {report.n_captions} captions into {name!r} ({split})")
-    if report.n_missing:
+    for report in reports:
         console.print(
-            f"[yellow]{report.n_missing} image files are missing[/] (captions kept for text and metrics), e.g.:"
+            f"imported {report.n_images} images and {report.n_captions} captions into {name!r} ({report.split})"
         )
-        for path in report.missing_examples:
-            console.print(f"  {path}")
+        if report.n_missing:
+            console.print(
+                f"[yellow]{report.n_missing} image files are missing[/] (captions kept for text and metrics), e.g.:"
+            )
+            for path in report.missing_examples:
+                console.print(f"  {path}")
 
 
 @dataset.command()
@@ -174,6 +200,46 @@ def show(name: str) -> None:
         f"train vocabulary (syllables): {info.vocabulary_size}; source: {info.source_path}; "
         f"nightly re-evaluation: {', '.join(info.nightly_splits) or 'off'}"
     )
+
+
+@dataset.command()
+@click.argument("name")
+@click.option("--top", type=click.IntRange(0, 50), default=5, show_default=True, help="Most frequent captions shown.")
+def describe(name: str, top: int) -> None:
+    """Profile a data set per split: captions per image, caption lengths, vocabulary, most frequent captions.
+
+    Lengths and vocabulary count syllables of the normalized captions; the most
+    frequent captions are the candidates the blind baseline chooses from.
+
+    Example:
+
+    \b
+        vicap-jobs dataset describe uitviic --top 5
+    """
+
+    _, db = open_store()
+    profile = profile_dataset(db=db, name=name, top=top)
+    print_table(
+        f"data set {profile.name} ({profile.format})",
+        ["split", "images", "captions", "per image min/mean/max", "syllables p5/p50/p95/max", "vocabulary", "missing"],
+        [
+            [
+                s.split,
+                s.n_images,
+                s.n_captions,
+                f"{s.min_per_image}/{s.mean_per_image:.2f}/{s.max_per_image}",
+                "/".join(str(s.length_percentiles[p]) for p in sorted(s.length_percentiles)) + f"/{s.max_length}",
+                s.vocabulary_size,
+                s.n_missing_files,
+            ]
+            for s in profile.splits
+        ],
+    )
+    for s in profile.splits:
+        if s.top_captions:
+            console.print(f"most frequent {s.split} captions:")
+            for text, count in s.top_captions:
+                console.print(f"  {count:>6}  {text}")
 
 
 @dataset.command()

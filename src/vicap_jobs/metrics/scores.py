@@ -13,7 +13,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from vicap_jobs.data.text import Tokenization, check_tokenization, tokenize
+from vicap_jobs.data.text import Tokenization, check_tokenization, segmentation_of, tokenize
 from vicap_jobs.errors import InputError
 from vicap_jobs.metrics.bleu import corpus_bleu
 from vicap_jobs.metrics.rouge import corpus_rouge_l
@@ -87,12 +87,15 @@ def score_captions(
     """
     tokenization = check_tokenization(tokenization)
     keys = _scored_keys(predictions, references, allow_missing)
-    tokens_of: dict[str, list[str]] = {}  # per call only: a constant prediction is tokenized once
+    # per call only: a constant prediction is tokenized once; keyed by the segmentation too, since a
+    # reference with the data set's own segmentation tokenizes apart from equal plain text
+    tokens_of: dict[tuple[str, str | None], list[str]] = {}
 
     def tokens(text: str) -> list[str]:
-        if text not in tokens_of:
-            tokens_of[text] = tokenize(text, tokenization)
-        return tokens_of[text]
+        key = (text, segmentation_of(text))
+        if key not in tokens_of:
+            tokens_of[key] = tokenize(text, tokenization)
+        return tokens_of[key]
 
     candidates = [tokens(predictions[key]) for key in keys]
     reference_tokens = [[tokens(reference) for reference in references[key]] for key in keys]

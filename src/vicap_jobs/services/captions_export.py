@@ -7,6 +7,12 @@ COCO-format data set, so the file goes straight into pycocotools'
 annotation file. Images without a COCO id (ad-hoc folders) use the store's
 ``images.id``. Only captioned (``ok``) images appear there; CSV and JSON Lines
 carry every image, errors and their reasons included.
+
+``viecap4h`` is the VLSP 2021 VieCap4H submission, ``[{"id": "<file name>",
+"captions": "<text>"}]``. ``hf-jsonl`` is one ``{"image": "<absolute path>",
+"file_name": ..., "text": ...}`` object per line, which Hugging Face
+``datasets.load_dataset("json", data_files=...)`` loads as is (cast ``image``
+to ``datasets.Image()`` to decode the photos). Both list captioned images only.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +32,8 @@ from vicap_jobs.db.tables import Caption, Image, Job
 from vicap_jobs.errors import InputError, NotFoundError, UnknownNameError
 from vicap_jobs.jobs.lifecycle import get_job
 
-FORMATS = ("coco-json", "csv", "jsonl")
+FORMATS = ("coco-json", "csv", "jsonl", "viecap4h", "hf-jsonl")
+CAPTIONED_ONLY = frozenset({"coco-json", "viecap4h", "hf-jsonl"})  # formats that leave failed images out
 COLUMNS = ("image_id", "coco_id", "file_name", "path", "status", "caption", "error", "engine", "latency_ms")
 
 
@@ -76,9 +84,16 @@ def job_captions(*, db: Engine, job_id: int) -> Iterator[ExportedCaption]:
 
 def render(captions: list[ExportedCaption], fmt: str) -> str:
     """The export file's text in ``fmt`` (one of FORMATS)."""
+    ok = [c for c in captions if c.status == "ok"]
     if fmt == "coco-json":
-        results = [{"image_id": c.results_id, "caption": c.caption} for c in captions if c.status == "ok"]
+        results = [{"image_id": c.results_id, "caption": c.caption} for c in ok]
         return json.dumps(results, ensure_ascii=False, indent=1) + "\n"
+    if fmt == "viecap4h":
+        submission = [{"id": c.file_name, "captions": c.caption} for c in ok]
+        return json.dumps(submission, ensure_ascii=False, indent=1) + "\n"
+    if fmt == "hf-jsonl":
+        rows = ({"image": os.path.abspath(c.path), "file_name": c.file_name, "text": c.caption} for c in ok)
+        return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     if fmt == "jsonl":
         return "".join(json.dumps(asdict(c), ensure_ascii=False) + "\n" for c in captions)
     if fmt == "csv":
@@ -103,7 +118,7 @@ def export_captions(*, db: Engine, job_id: int, fmt: str, out: Path | None = Non
     if not captions:
         raise InputError(f"job {job_id} has no caption rows yet ({job.status})")
     text = render(captions, fmt)
-    n_rows = sum(c.status == "ok" for c in captions) if fmt == "coco-json" else len(captions)
+    n_rows = sum(c.status == "ok" for c in captions) if fmt in CAPTIONED_ONLY else len(captions)
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, case, delete, func, select
 from sqlalchemy.orm import Session
 
-from vicap_jobs.data.formats import ParsedImage, ParsedSplit, read_split
+from vicap_jobs.data.formats import ParsedFile, ParsedImage, ParsedSplit, read_file
 from vicap_jobs.data.images import image_size, sha256_file
 from vicap_jobs.data.samples import CaptionSample
 from vicap_jobs.data.synth import generate_synth
-from vicap_jobs.data.text import normalize, tokenize
+from vicap_jobs.data.text import SegmentedCaption, normalize, tokenize
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import SPLITS, Caption, Dataset, Evaluation, Image, ReferenceCaption
 from vicap_jobs.errors import InputError, NotFoundError
@@ -70,68 +71,141 @@ def import_split(
     """
     if split not in SPLITS:
         raise InputError(f"--split must be one of {', '.join(SPLITS)}")
-    parsed = read_split(Path(annotations), fmt)
-    base = Path(images_dir) if images_dir is not None else Path(annotations).parent
-    located = [(image, (base / image.file_name).resolve()) for image in parsed.images]
-    missing = [str(path) for _, path in located if not path.is_file()]
-    if missing and require_images:
-        raise InputError(
-            f"{len(missing)} of {len(located)} images are missing under {base}, e.g. {', '.join(missing[:MISSING_SHOWN])}"
-        )
-    _write_split(db=db, name=name, fmt=fmt, parsed=parsed, located=located, split=split, replace=replace, source=base)
-    return ImportReport(name, split, len(located), parsed.n_captions, len(missing), missing[:MISSING_SHOWN])
+    (report,) = import_file(
+        db=db,
+        name=name,
+        annotations=annotations,
+        fmt=fmt,
+        split=split,
+        images_dir=images_dir,
+        require_images=require_images,
+        replace=replace,
+    )
+    return report
 
 
-def _write_split(
+def import_file(
     *,
     db: Engine,
     name: str,
-    fmt: str,
-    parsed: ParsedSplit,
-    located: list[tuple[ParsedImage, Path]],
-    split: str,
-    replace: bool,
-    source: Path,
-) -> None:
+    annotations: Path,
+    fmt: str | None = None,
+    split: str | None = None,
+    images_dir: Path | None = None,
+    require_images: bool = False,
+    replace: bool = False,
+) -> list[ImportReport]:
+    """Import every split a captions file holds, in one transaction: all of them or none.
 
+    ``fmt`` None: the format is told from the content. ``split`` forces the split
+    of a file that holds one (over what its name implies); for a file with a
+    split column it picks that split's rows. Without it, a file whose name or
+    records do not say its split is refused.
+    """
+    if split is not None and split not in SPLITS:
+        raise InputError(f"--split must be one of {', '.join(SPLITS)}")
+    parsed = read_file(Path(annotations), fmt)
+    parts = _choose_splits(parsed, split)
+    base = Path(images_dir) if images_dir is not None else Path(annotations).parent
+    located = {
+        part_split: [(image, (base / image.file_name).resolve()) for image in part.images]
+        for part_split, part in parts.items()
+    }
+    missing = {part_split: [str(p) for _, p in rows if not p.is_file()] for part_split, rows in located.items()}
+    n_missing, n_images = sum(map(len, missing.values())), sum(map(len, located.values()))
+    if n_missing and require_images:
+        examples = [path for paths in missing.values() for path in paths][:MISSING_SHOWN]
+        raise InputError(f"{n_missing} of {n_images} images are missing under {base}, e.g. {', '.join(examples)}")
     with session_scope(db) as session:
         dataset = session.scalar(select(Dataset).where(Dataset.name == name))
         if dataset is None:
-            dataset = Dataset(name=name, format=fmt, source_path=str(source))
+            dataset = Dataset(name=name, format=parsed.format, source_path=str(base))
             session.add(dataset)
             session.flush()
-        existing = session.scalar(
-            select(func.count()).select_from(Image).where(Image.dataset_id == dataset.id, Image.split == split)
+        for part_split, part in parts.items():
+            _add_split(session, dataset, part, located[part_split], split=part_split, replace=replace)
+    return [
+        ImportReport(
+            name,
+            part_split,
+            len(located[part_split]),
+            part.n_captions,
+            len(missing[part_split]),
+            missing[part_split][:MISSING_SHOWN],
         )
-        if existing and not replace:
-            raise InputError(
-                f"data set {name!r} already has a {split} split ({existing} images); pass --replace to re-import it"
+        for part_split, part in parts.items()
+    ]
+
+
+def _choose_splits(parsed: ParsedFile, split: str | None) -> dict[str, ParsedSplit]:
+    """split name → its part of the file, after ``--split`` forced or picked one."""
+    source = parsed.source
+    if parsed.split_column:
+        parts = {part.split: part for part in parsed.splits if part.split is not None}
+        if split is None:
+            return dict(sorted(parts.items(), key=lambda item: SPLITS.index(item[0])))
+        if split not in parts:
+            raise InputError(f"{source} has no {split} rows (its split column holds {', '.join(parts)})")
+        return {split: parts[split]}
+    (part,) = parsed.splits
+    chosen = split or part.split
+    if chosen is None:
+        raise InputError(
+            f"{source} ({parsed.format}) does not say which split it holds: give --split ({', '.join(SPLITS)})"
+        )
+    return {chosen: part}
+
+
+def _add_split(
+    session: Session,
+    dataset: Dataset,
+    parsed: ParsedSplit,
+    located: list[tuple[ParsedImage, Path]],
+    *,
+    split: str,
+    replace: bool,
+) -> None:
+    """Add one split's images and references to the session (the caller's transaction)."""
+    name = dataset.name
+    existing = session.scalar(
+        select(func.count()).select_from(Image).where(Image.dataset_id == dataset.id, Image.split == split)
+    )
+    if existing and not replace:
+        raise InputError(
+            f"data set {name!r} already has a {split} split ({existing} images); pass --replace to re-import it"
+        )
+    if existing:
+        _refuse_if_used(session, dataset.id, split, name)
+        session.execute(delete(Image).where(Image.dataset_id == dataset.id, Image.split == split))
+    taken = set(session.scalars(select(Image.path).where(Image.dataset_id == dataset.id)))
+    for image, path in located:
+        if str(path) in taken:
+            raise InputError(f"{parsed.source}: {image.file_name} is already in another split of {name!r}")
+        present = path.is_file()
+        size = image_size(path) if present else None
+        row = Image(
+            dataset_id=dataset.id,
+            path=str(path),
+            file_name=image.file_name,
+            coco_id=image.coco_id,
+            sha256=sha256_file(path) if present else None,
+            width=size[0] if size else image.width,
+            height=size[1] if size else image.height,
+            split=split,
+        )
+        row.references = [
+            ReferenceCaption(
+                position=i,
+                text=text,
+                normalized=normalize(text),
+                segmented=image.segmented_at(i),
+                coco_annotation_id=ann_id,
             )
-        if existing:
-            _refuse_if_used(session, dataset.id, split, name)
-            session.execute(delete(Image).where(Image.dataset_id == dataset.id, Image.split == split))
-        taken = set(session.scalars(select(Image.path).where(Image.dataset_id == dataset.id)))
-        for image, path in located:
-            if str(path) in taken:
-                raise InputError(f"{parsed.source}: {image.file_name} is already in another split of {name!r}")
-            present = path.is_file()
-            size = image_size(path) if present else None
-            row = Image(
-                dataset_id=dataset.id,
-                path=str(path),
-                file_name=image.file_name,
-                coco_id=image.coco_id,
-                sha256=sha256_file(path) if present else None,
-                width=size[0] if size else image.width,
-                height=size[1] if size else image.height,
-                split=split,
-            )
-            row.references = [
-                ReferenceCaption(position=i, text=text, normalized=normalize(text), coco_annotation_id=ann_id)
-                for i, (text, ann_id) in enumerate(image.captions)
-            ]
-            session.add(row)
-            taken.add(str(path))
+            for i, (text, ann_id) in enumerate(image.captions)
+        ]
+        session.add(row)
+        taken.add(str(path))
+    session.flush()
 
 
 def _refuse_if_used(session: Session, dataset_id: int, split: str, name: str) -> None:
@@ -217,6 +291,138 @@ def describe_dataset(*, db: Engine, name: str, with_vocabulary: bool = True) -> 
     )
 
 
+@dataclass(frozen=True)
+class SplitProfile:
+    """What a split's references look like (``dataset describe``); lengths in syllables."""
+
+    split: str
+    n_images: int
+    n_captions: int
+    min_per_image: int
+    mean_per_image: float
+    max_per_image: int
+    length_percentiles: dict[int, int]  # percentile (5, 50, 95) -> caption length in syllables
+    max_length: int
+    vocabulary_size: int  # distinct syllables of this split's normalized references
+    top_captions: list[tuple[str, int]]  # the most frequent normalized captions: the blind baseline's candidates
+    n_missing_files: int
+
+
+@dataclass(frozen=True)
+class DatasetProfile:
+    """A data set's splits in train, val, test order."""
+
+    name: str
+    format: str
+    source_path: str | None
+    splits: list[SplitProfile]
+
+
+PERCENTILES = (5, 50, 95)
+TOP_CAPTIONS = 5
+
+
+def profile_dataset(*, db: Engine, name: str, top: int = TOP_CAPTIONS) -> DatasetProfile:
+    """Per split: images, captions per image, caption lengths, vocabulary, most frequent captions.
+
+    Counts, means and the length histogram are SQL aggregates (a normalized
+    caption is single-spaced, so its syllables are its spaces plus one); only
+    the vocabulary reads the normalized texts back.
+    """
+    dataset = get_dataset(db=db, name=name)
+    in_dataset = Image.dataset_id == dataset.id
+    syllables = case(
+        (ReferenceCaption.normalized == "", 0),
+        else_=func.length(ReferenceCaption.normalized)
+        - func.length(func.replace(ReferenceCaption.normalized, " ", ""))
+        + 1,
+    )
+    with session_scope(db) as session:
+        per_image = (
+            select(Image.split.label("split"), func.count(ReferenceCaption.id).label("n"))
+            .outerjoin(ReferenceCaption, ReferenceCaption.image_id == Image.id)
+            .where(in_dataset)
+            .group_by(Image.split, Image.id)
+            .subquery()
+        )
+        counts = {
+            split: (n_images, int(total or 0), low, float(mean or 0.0), high)
+            for split, n_images, total, low, mean, high in session.execute(
+                select(
+                    per_image.c.split,
+                    func.count(),
+                    func.sum(per_image.c.n),
+                    func.min(per_image.c.n),
+                    func.avg(per_image.c.n),
+                    func.max(per_image.c.n),
+                ).group_by(per_image.c.split)
+            )
+        }
+        missing = dict(
+            session.execute(
+                select(Image.split, func.count()).where(in_dataset, Image.sha256.is_(None)).group_by(Image.split)
+            ).all()
+        )
+        histograms: dict[str, dict[int, int]] = {}
+        for split, length, n in session.execute(
+            select(Image.split, syllables, func.count()).join(Image).where(in_dataset).group_by(Image.split, syllables)
+        ):
+            histograms.setdefault(split, {})[int(length)] = n
+        vocabularies: dict[str, set[str]] = {}
+        for split, text in session.execute(
+            select(Image.split, ReferenceCaption.normalized).join(Image).where(in_dataset)
+        ):
+            vocabularies.setdefault(str(split), set()).update(text.split())
+        frequent = {
+            split: [
+                (text, n)
+                for text, n in session.execute(
+                    select(ReferenceCaption.normalized, func.count().label("n"))
+                    .join(Image)
+                    .where(in_dataset, Image.split == split)
+                    .group_by(ReferenceCaption.normalized)
+                    .order_by(func.count().desc(), ReferenceCaption.normalized)
+                    .limit(top)
+                )
+            ]
+            for split in counts
+        }
+    profiles = []
+    for split in (s for s in SPLITS if s in counts):
+        n_images, n_captions, low, mean, high = counts[split]
+        histogram = histograms.get(split, {})
+        profiles.append(
+            SplitProfile(
+                split=split,
+                n_images=n_images,
+                n_captions=n_captions,
+                min_per_image=low,
+                mean_per_image=mean,
+                max_per_image=high,
+                length_percentiles={p: _percentile(histogram, p) for p in PERCENTILES},
+                max_length=max(histogram, default=0),
+                vocabulary_size=len(vocabularies.get(split, ())),
+                top_captions=frequent[split],
+                n_missing_files=missing.get(split, 0),
+            )
+        )
+    return DatasetProfile(dataset.name, dataset.format, dataset.source_path, profiles)
+
+
+def _percentile(histogram: dict[int, int], percent: int) -> int:
+    """Nearest-rank percentile of a {value: count} histogram (0 when it is empty)."""
+    total = sum(histogram.values())
+    if not total:
+        return 0
+    rank = max(1, math.ceil(percent / 100 * total))
+    seen = 0
+    for value in sorted(histogram):
+        seen += histogram[value]
+        if seen >= rank:
+            return value
+    return max(histogram)
+
+
 def set_nightly_splits(*, db: Engine, name: str, splits: list[str]) -> None:
     """Mark which splits the nightly scheduler re-evaluates (empty = none)."""
     bad = [s for s in splits if s not in SPLITS]
@@ -238,7 +444,9 @@ def load_samples(*, db: Engine, dataset: str, split: str, require_files: bool = 
             query = query.where(Image.sha256.is_not(None))
         samples = [
             CaptionSample(
-                image_id=row.id, image_path=Path(row.path), captions=tuple(ref.text for ref in row.references)
+                image_id=row.id,
+                image_path=Path(row.path),
+                captions=tuple(_reference(ref.text, ref.segmented) for ref in row.references),
             )
             for row in session.scalars(query)
         ]
@@ -246,18 +454,27 @@ def load_samples(*, db: Engine, dataset: str, split: str, require_files: bool = 
 
 
 def split_references(*, db: Engine, dataset_id: int, split: str) -> dict[int, list[str]]:
-    """image id → reference captions (as given) for one split."""
+    """image id → reference captions (as given) for one split.
+
+    A reference the data set segmented itself (KTVIC) is a `SegmentedCaption`, so
+    ``word`` tokenization takes its words from that segmentation, never from pyvi.
+    """
     with session_scope(db) as session:
         rows = session.execute(
-            select(ReferenceCaption.image_id, ReferenceCaption.text)
+            select(ReferenceCaption.image_id, ReferenceCaption.text, ReferenceCaption.segmented)
             .join(Image)
             .where(Image.dataset_id == dataset_id, Image.split == split)
             .order_by(ReferenceCaption.image_id, ReferenceCaption.position)
         ).all()
     references: dict[int, list[str]] = {}
-    for image_id, text in rows:
-        references.setdefault(image_id, []).append(text)
+    for image_id, text, segmented in rows:
+        references.setdefault(image_id, []).append(_reference(text, segmented))
     return references
+
+
+def _reference(text: str, segmented: str | None) -> str:
+    """The caption as given; carrying its segmented form when the data set has one."""
+    return SegmentedCaption(text, segmented) if segmented else text
 
 
 def create_synth_dataset(
