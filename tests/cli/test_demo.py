@@ -31,6 +31,7 @@ def test_demo_fast_beats_the_blind_baseline_and_fills_the_store(vicap_env: Path)
     assert float(numbers["MODEL_BLEU4"]) > float(numbers["BASELINE_BLEU4"])
     assert float(numbers["MODEL_ROUGE_L"]) > float(numbers["BASELINE_ROUGE_L"])
     assert "images/s" in done.stdout and "SELECT" in done.stdout
+    assert re.search(r"run `vicap-jobs web`, then open\n +http://127\.0\.0\.1:8000/jobs/\d+ ", done.stdout), done.stdout[-600:]
 
     store = sqlite3.connect(vicap_env / "vicap.sqlite")
     kinds = dict(store.execute("SELECT kind, count(*) FROM jobs WHERE status = 'succeeded' GROUP BY kind"))

@@ -132,7 +132,7 @@ def test_captions_txt_kaggle_layout(tmp_path: Path) -> None:
 def test_unknown_format_lists_the_valid_ones(tmp_path: Path) -> None:
     with pytest.raises(UnknownNameError, match="coco, captions-txt|captions-txt, coco"):
         read_split(small_coco(tmp_path / "c.json"), "flickr")
-    assert set(FORMATS) == {"coco", "captions-txt"}
+    assert set(FORMATS) == {"coco", "uit-openviic", "ktvic", "viecap4h", "captions-txt", "csv", "jsonl"}
 
 
 # --------------------------------------------------------------------------- malformed files

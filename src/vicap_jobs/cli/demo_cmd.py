@@ -233,8 +233,6 @@ def _report(
     tool = f"sqlite3 {where}" if url.startswith("sqlite") else "psql"
     for title, sql in EXAMPLE_QUERIES:
         console.print(f'  -- {title}\n  {tool} "{sql.format(job=caption_summary.id)}"')
-    console.print(
-        "\nsee it in a browser: run `vicap-jobs web` and open "
-        f"http://127.0.0.1:8000/jobs/{caption_summary.id} (the captions as a gallery) "
-        f"or http://127.0.0.1:8000/models/{model} (its scores over time)"
-    )
+    console.print("\nsee it in a browser: run `vicap-jobs web`, then open")
+    console.print(f"  http://127.0.0.1:8000/jobs/{caption_summary.id}  (the captions as a gallery)")
+    console.print(f"  http://127.0.0.1:8000/models/{model}  (its scores over time)")

@@ -32,8 +32,10 @@ MEDIA_TYPES = {
     "coco-json": "application/json",
     "csv": "text/csv; charset=utf-8",
     "jsonl": "application/x-ndjson; charset=utf-8",
+    "viecap4h": "application/json",
+    "hf-jsonl": "application/x-ndjson; charset=utf-8",
 }
-SUFFIXES = {"coco-json": "json", "csv": "csv", "jsonl": "jsonl"}
+SUFFIXES = {"coco-json": "json", "csv": "csv", "jsonl": "jsonl", "viecap4h": "json", "hf-jsonl": "jsonl"}
 
 
 class CaptionJobIn(BaseModel):
