@@ -7,15 +7,13 @@ the page, that the try-it form uploads through a real multipart POST.
 The running-job test runs the first chunk, waits until the browser shows that partial count, then
 runs the rest: a gate rather than fixed pauses, so a slow machine cannot skip past the
 intermediate state between two polls (and the test takes ~5 s, not chunks × pause). Each test saves a
-full-page screenshot under its tmp_path; ``UPDATE_DOCS_IMAGES=1`` also refreshes the README's
-``docs/images/gallery.png``.
+full-page screenshot under its tmp_path (the README's screenshot comes from the demo's store:
+``docs/screenshots.py``).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import threading
 import unicodedata
 from collections.abc import Iterator
@@ -182,10 +180,7 @@ def test_gallery_shows_thumbnails_and_vietnamese_captions_and_file_names_as_text
     assert page.locator("img[src='x']").count() == 0
     assert page.evaluate("[...document.scripts].filter(s => s.text.includes('alert')).length") == 0
 
-    path = screenshot(page, tmp_path / "gallery.png")
-    if os.environ.get("UPDATE_DOCS_IMAGES") == "1":
-        (REPO / "docs/images").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, REPO / "docs/images/gallery.png")
+    screenshot(page, tmp_path / "gallery.png")
 
     page.locator("nav.filters a", has_text=re.compile(r"^error$")).click()
     page.wait_for_url(re.compile(r"status=error"))
