@@ -80,6 +80,8 @@ def evaluate(
     )
     if result.baseline_caption:
         console.print(f"blind baseline caption (chosen on train): “{result.baseline_caption}”")
+    if result.overlap_warning:
+        console.print(result.overlap_warning, style="yellow", markup=False)
 
 
 def _five(scores: CaptionScores) -> tuple[float, ...]:

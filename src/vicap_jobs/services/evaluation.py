@@ -17,7 +17,7 @@ from sqlalchemy import Engine, select
 
 from vicap_jobs.data.text import check_tokenization
 from vicap_jobs.db.session import session_scope
-from vicap_jobs.db.tables import SPLITS, Caption, Evaluation, Image
+from vicap_jobs.db.tables import SPLITS, Caption, Evaluation, Image, Model
 from vicap_jobs.errors import DatasetFormatError, InputError, VicapError
 from vicap_jobs.jobs.chunks import create_chunks, open_chunk_ids
 from vicap_jobs.jobs.context import RunContext
@@ -30,6 +30,7 @@ from vicap_jobs.pipeline.runner import EngineProvider, run_chunk
 from vicap_jobs.services.datasets import get_dataset, split_references
 from vicap_jobs.services.model_engines import EngineCache
 from vicap_jobs.services.models import engine_for_job, resolve_model
+from vicap_jobs.services.overlap import training_overlap
 from vicap_jobs.services.runs import raise_unless_succeeded, run_job
 from vicap_jobs.settings import get_settings
 
@@ -45,11 +46,23 @@ class EvaluationResult:
     baseline: CaptionScores | None
     baseline_caption: str | None
     job_id: int | None
+    training_overlap: int | None = None  # evaluated images that duplicate the model's training images
 
     @property
     def message(self) -> str:
-        """One line for the job row: the scores beside the blind baseline."""
-        return _summary_line(self)
+        """One line for the job row: the scores beside the blind baseline, and the overlap warning if any."""
+        line = _summary_line(self)
+        return f"{line}; {self.overlap_warning}" if self.overlap_warning else line
+
+    @property
+    def overlap_warning(self) -> str | None:
+        """The line 'warning: 3 of 24 evaluated images duplicate training images ...', or None (none, or not checked)."""
+        if not self.training_overlap:
+            return None
+        return (
+            f"warning: {self.training_overlap} of {self.scores.n_images} evaluated images "
+            "duplicate training images (exact or near copies, listed in image_overlaps)"
+        )
 
 
 def _store_scores(
@@ -62,6 +75,7 @@ def _store_scores(
     job_id: int | None,
     is_baseline: bool,
     source: str | None,
+    training_overlap: int | None = None,
 ) -> int:
     with session_scope(db) as session:
         row = Evaluation(
@@ -78,6 +92,7 @@ def _store_scores(
             n_images=scores.n_images,
             is_baseline=is_baseline,
             source=source,
+            training_overlap=training_overlap,
         )
         session.add(row)
         session.flush()
@@ -215,6 +230,7 @@ def score_job(*, db: Engine, job_id: int) -> EvaluationResult:
     planned = _split_image_ids(db, job.dataset_id, params.split)
     predictions = {image_id: captions.get(image_id) or "" for image_id in planned if image_id in references}
     scores = score_captions(predictions, {k: references[k] for k in predictions}, tokenization=params.tokenization)
+    overlap = _training_overlap(db, job.model_id, list(predictions))
     evaluation_id = _store_scores(
         db=db,
         scores=scores,
@@ -224,13 +240,28 @@ def score_job(*, db: Engine, job_id: int) -> EvaluationResult:
         job_id=job_id,
         is_baseline=False,
         source=None,
+        training_overlap=overlap,
     )
     baseline = ensure_baseline(
         db=db, dataset_id=job.dataset_id, split=params.split, tokenization=params.tokenization, job_id=job_id
     )
-    return EvaluationResult(
-        evaluation_id, scores, baseline[0] if baseline else None, baseline[1] if baseline else None, job_id
+    result = EvaluationResult(
+        evaluation_id, scores, baseline[0] if baseline else None, baseline[1] if baseline else None, job_id, overlap
     )
+    if result.overlap_warning:
+        log.warning("evaluate job %d (%s %s): %s", job_id, params.dataset, params.split, result.overlap_warning)
+    return result
+
+
+def _training_overlap(db: Engine, model_id: int | None, image_ids: list[int]) -> int | None:
+    """Evaluated images that duplicate the train split of the model's training data set; None when none is recorded."""
+    if model_id is None:
+        return None
+    with session_scope(db) as session:
+        training_dataset_id = session.scalar(select(Model.dataset_id).where(Model.id == model_id))
+    if training_dataset_id is None:
+        return None
+    return training_overlap(db=db, evaluated_ids=image_ids, training_dataset_id=training_dataset_id)
 
 
 def evaluate_model(
