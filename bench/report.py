@@ -165,6 +165,27 @@ def gpu_bulk(data: dict[str, Any]) -> list[str]:
     return [f"GPU: {data.get('gpu', '?')}.", "", *table(["variant", "images/s", "GPU util %", "same", "note"], rows)]
 
 
+def overlap(data: dict[str, Any]) -> list[str]:
+    at = data["phash8_at_default"]
+    quality = [
+        [kind, percent(v["recall"]), percent(v["precision"]), percent(v["recall_by_variant"].get("crop"))]
+        for kind, v in at.items()
+    ]
+    timing = [
+        [row["n_left"], row["seconds"], row["all_pairs_seconds_extrapolated"], ratio(row["speedup_over_all_pairs"])]
+        for row in data["timing"]["index"]
+    ]
+    return [
+        f"Near duplicates at the default threshold ({data['default_threshold']} bits of 64):",
+        "",
+        *table(["distinct scenes drawn as", "recall", "precision", "recall on 2-5 % crops"], quality),
+        "",
+        "Hamming index (multi-index hashing) vs all pairs, hashes per side:",
+        "",
+        *table(["hashes", "index s", "all pairs s (extrapolated)", "speed-up"], timing),
+    ]
+
+
 SUMMARIES: dict[str, Summary] = {
     "bulk_caption": bulk_caption,
     "scale": scale,
@@ -173,6 +194,7 @@ SUMMARIES: dict[str, Summary] = {
     "train_epoch": train_epoch,
     "queue_overhead": queue_overhead,
     "worker_rss": worker_rss,
+    "overlap": overlap,
 }
 
 

@@ -44,6 +44,10 @@ BENCHMARKS: dict[str, tuple[list[str], str]] = {
         ["vlp_int8.py"],
         "vision-language int8: fp32 vs each int8 engine path on a mid-sized BLIP (224 px), end to end",
     ),
+    "overlap": (
+        ["overlap.py"],
+        "near-duplicate recall/precision per threshold on drawn scenes, and the Hamming index vs all pairs up to 100k",
+    ),
     "worker_rss": (
         ["worker_rss.py", "--images", "5000"],
         "worker memory while captioning 5,000 images (must stay flat)",

@@ -8,6 +8,7 @@ import click
 
 from vicap_jobs.cli import choices
 from vicap_jobs.cli.common import console, open_store, print_table
+from vicap_jobs.cli.dataset_overlap import overlap
 from vicap_jobs.data.formats import FORMATS, REGISTRY
 from vicap_jobs.services.datasets import (
     DatasetInfo,
@@ -261,3 +262,6 @@ def nightly(name: str, splits: tuple[str, ...], off: bool) -> None:
     _, db = open_store()
     set_nightly_splits(db=db, name=name, splits=[] if off else list(splits))
     console.print(f"nightly re-evaluation of {name!r}: {', '.join(splits) if not off else 'off'}")
+
+
+dataset.add_command(overlap)
