@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from vicap_jobs.cli.common import err_console
+from vicap_jobs.settings import get_settings
 
 
 @click.command()
@@ -24,8 +25,7 @@ def web(host: str, port: int) -> None:
         VICAP_WEB_ROOTS=/data/photos vicap-jobs web --port 8080
         VICAP_WEB_TOKEN=$(openssl rand -hex 24) vicap-jobs web --host 0.0.0.0
     """
-    from vicap_jobs.settings import get_settings
-    from vicap_jobs.web.auth import check_bind
+    from vicap_jobs.web.auth import check_bind  # imports FastAPI: only for this command
     from vicap_jobs.web.server import serve  # imports FastAPI, uvicorn and the engines: only for this command
 
     check_bind(host, get_settings().web_token)  # refuse before saying anything about serving
