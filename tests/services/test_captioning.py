@@ -9,6 +9,7 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import Engine, func, select, update
 
+from tests.store_helpers import add_model
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Dataset, Image
 from vicap_jobs.services import captioning
@@ -203,3 +204,29 @@ def test_a_changed_file_loses_its_perceptual_hash_and_counts_as_new(any_db: Engi
         after = {i: (h, t) for i, h, t in session.execute(select(Image.id, Image.phash, Image.created_at))}
     assert after[ids[0]][0] is None and after[ids[0]][1] > before[ids[0]]
     assert after[ids[1]] == ("0123456789abcdef", before[ids[1]])
+
+
+def test_a_copy_links_only_to_a_dataset_file_inside_the_allowed_folders(any_db: Engine, tmp_path: Path) -> None:
+    """The web view's roots: the worker would read the data set's file, so it must be inside them too."""
+    add_model(any_db, "m")
+    (original,) = _pictures(tmp_path / "dataset", 1)
+    _dataset_image(any_db, original)
+    copy = tmp_path / "uploads" / original.name
+    copy.parent.mkdir()
+    copy.write_bytes(original.read_bytes())
+
+    def linked(roots: list[Path]) -> int:
+        plan = captioning.create_caption_job(
+            db=any_db,
+            folder=copy.parent,
+            model="m",
+            engine_name="torch",
+            recursive=False,
+            batch_size=1,
+            chunk_size=1,
+            within=[root.resolve() for root in roots],
+        )
+        return plan.n_linked
+
+    assert linked([copy.parent]) == 0
+    assert linked([tmp_path]) == 1

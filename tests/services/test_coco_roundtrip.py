@@ -21,6 +21,7 @@ from vicap_jobs.db.tables import Caption, Image
 from vicap_jobs.pipeline.runner import run_chunk
 from vicap_jobs.services.captioning import CaptionJobPlan, create_caption_job
 from vicap_jobs.services.captions_export import export_captions
+from vicap_jobs.services.evaluation import evaluate_model
 from vicap_jobs.services.model_engines import EngineCache
 
 coco_module = pytest.importorskip("pycocotools.coco")
@@ -98,5 +99,39 @@ def test_a_copy_of_the_coco_folder_elsewhere_exports_the_datasets_ids_too(
     export_captions(db=sqlite_db, job_id=plan.job_id, fmt="coco-json", out=results_file)
     coco_ids = {image["id"] for image in json.loads(files["test"].read_text(encoding="utf-8"))["images"]}
     assert {r["image_id"] for r in json.loads(results_file.read_text(encoding="utf-8"))} == coco_ids
+    coco, results = _load_results(files["test"], results_file)
+    assert sorted(results.getImgIds()) == sorted(coco.getImgIds())
+
+
+def test_an_evaluated_split_is_not_captioned_again_with_skip_known(
+    sqlite_db: Engine, tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    """Its folder is the split's images: the evaluation's captions are copied, no chunk is queued, the export loads."""
+    files = import_coco_dataset(sqlite_db, tmp_path / "coco", n_test=N_TEST)
+    register_tiny_model(sqlite_db, tiny_checkpoint)
+    evaluation = evaluate_model(db=sqlite_db, model="tiny", dataset="coco-mini", split="test", engine_name="torch")
+
+    plan = create_caption_job(
+        db=sqlite_db,
+        folder=tmp_path / "coco" / "test",
+        model="tiny",
+        engine_name="torch",
+        recursive=False,
+        batch_size=4,
+        chunk_size=4,
+        skip_known=True,
+    )
+
+    assert (plan.n_reused, plan.chunk_ids) == (N_TEST, [])
+    with session_scope(sqlite_db) as session:
+        evaluated = dict(
+            session.execute(select(Caption.image_id, Caption.id).where(Caption.job_id == evaluation.job_id)).all()
+        )
+        copied = dict(
+            session.execute(select(Caption.image_id, Caption.reused_from_id).where(Caption.job_id == plan.job_id)).all()
+        )
+    assert copied == evaluated  # the same data set rows, each pointing at the evaluation's caption
+    results_file = tmp_path / "results.json"
+    export_captions(db=sqlite_db, job_id=plan.job_id, fmt="coco-json", out=results_file)
     coco, results = _load_results(files["test"], results_file)
     assert sorted(results.getImgIds()) == sorted(coco.getImgIds())

@@ -104,12 +104,15 @@ class _Registered:
     n_linked: int  # distinct data set image rows among them
 
 
-def _register(db: Engine, paths: list[Path]) -> _Registered:
-    """:func:`register_folder_images`, with the content of each image and how many are data set images."""
+def _register(db: Engine, paths: list[Path], within: Sequence[Path] | None = None) -> _Registered:
+    """:func:`register_folder_images`, with the content of each image and how many are data set images.
+
+    ``within``: a copy is linked only to a data set file inside these folders (the worker reads that file).
+    """
     facts = {str(path): _facts(path) for path in paths}  # one row per distinct path, in order
     ids: dict[str, int] = {}
     with session_scope(db) as session:
-        linked = _dataset_images(session, facts)
+        linked = _dataset_images(session, facts, within)
         ids.update(linked)
         now = utcnow()
         rows = [{**row, "created_at": now} for path, row in facts.items() if path not in ids]
@@ -133,7 +136,9 @@ class _DatasetRow:
     name: str  # the last part of its file_name
 
 
-def _dataset_images(session: Session, facts: dict[str, dict[str, Any]]) -> dict[str, int]:
+def _dataset_images(
+    session: Session, facts: dict[str, dict[str, Any]], within: Sequence[Path] | None
+) -> dict[str, int]:
     """path → id of the data set image row each file is (see :func:`register_folder_images`); others absent."""
     digests = list(dict.fromkeys(row["sha256"] for row in facts.values() if row["sha256"]))
     if not digests or session.scalar(select(Image.id).where(Image.dataset_id.is_not(None)).limit(1)) is None:
@@ -150,20 +155,22 @@ def _dataset_images(session: Session, facts: dict[str, dict[str, Any]]) -> dict[
     if not rows:
         return {}
     linked: dict[str, int] = {}
+    taken: set[int] = set()
     for path, fact in facts.items():  # the same path first: it is the data set's own file
         candidates = rows.get(fact["sha256"] or "", [])
         if candidates:
             resolved = {path, str(Path(path).resolve())}
             same = next((row.id for row in candidates if row.path in resolved), None)
-            if same is not None and same not in linked.values():
+            if same is not None and same not in taken:
                 linked[path] = same
-    taken = set(linked.values())
+                taken.add(same)
     for path, fact in facts.items():  # then a copy: same content and name, the data set's file still there
         if path in linked:
             continue
         name = Path(path).name
         for row in rows.get(fact["sha256"] or "", []):
-            if row.id not in taken and row.name == name and Path(row.path).is_file():
+            readable = Path(row.path).is_file() and (within is None or is_within(Path(row.path), within))
+            if row.id not in taken and row.name == name and readable:
                 linked[path] = row.id
                 taken.add(row.id)
                 break
@@ -254,7 +261,7 @@ def create_caption_job(
         raise InputError(
             f"no image files (jpg, jpeg, png, webp, bmp, gif) in {folder}" + ("" if recursive else "; try --recursive")
         )
-    registered = _register(db, paths)
+    registered = _register(db, paths, within)
     image_ids = list(dict.fromkeys(registered.ids))
     with session_scope(db) as session:
         reused = (
@@ -334,7 +341,7 @@ def reusable_captions(
     digests = list(dict.fromkeys(d for d in content.values() if d))
     if not digests:
         return []
-    newest: dict[str, tuple[int, str, str]] = {}  # sha256 → (source caption id, text, engine)
+    newest: dict[str, tuple[int, int, str, str]] = {}  # sha256 → (caption id, source caption id, text, engine)
     conditions = _made_the_same_way(session, model, engine)
     measured: set[int] | None = None  # engine None: the jobs that asked for the measured default too
     if engine is None:  # a set here, not a subquery: that one was planned badly on fresh tables (100 s)
@@ -342,7 +349,7 @@ def reusable_captions(
         measured = set(session.scalars(jobs))
     for start in range(0, len(digests), LOOKUP_PAGE):
         images = {  # every image row with one of these contents, and since when it has it
-            image_id: (digest, since)
+            image_id: (str(digest), since)
             for image_id, digest, since in session.execute(
                 select(Image.id, Image.sha256, Image.created_at).where(
                     Image.sha256.in_(digests[start : start + LOOKUP_PAGE])
@@ -351,31 +358,29 @@ def reusable_captions(
         }
         image_ids = list(images)
         for first in range(0, len(image_ids), LOOKUP_PAGE):
-            query = (
-                select(
-                    Caption.image_id,
-                    Caption.id,
-                    Caption.reused_from_id,
-                    Caption.text,
-                    Caption.engine,
-                    Caption.created_at,
-                    Caption.job_id,
-                )
-                .where(
-                    Caption.image_id.in_(image_ids[first : first + LOOKUP_PAGE]),
-                    Caption.model_id == model.id,
-                    Caption.status == CaptionStatus.OK,
-                    Caption.text.is_not(None),
-                    *conditions,
-                )
-                .order_by(Caption.id)
+            query = select(
+                Caption.image_id,
+                Caption.id,
+                Caption.reused_from_id,
+                Caption.text,
+                Caption.engine,
+                Caption.created_at,
+                Caption.job_id,
+            ).where(
+                Caption.image_id.in_(image_ids[first : first + LOOKUP_PAGE]),
+                Caption.model_id == model.id,
+                Caption.status == CaptionStatus.OK,
+                Caption.text.is_not(None),
+                *conditions,
             )
             for image_id, caption_id, source_id, text, caption_engine, made, job_id in session.execute(query):
                 digest, since = images[image_id]
-                if made >= since and (measured is None or job_id in measured):  # of the content it has now
-                    newest[str(digest)] = (source_id or caption_id, str(text), caption_engine)
+                if made < since or (measured is not None and job_id not in measured):
+                    continue  # made of the content its row had before, or by another engine choice
+                if digest not in newest or caption_id > newest[digest][0]:
+                    newest[digest] = (caption_id, source_id or caption_id, str(text), caption_engine)
     return [
-        ReusedCaption(image_id, *newest[digest])
+        ReusedCaption(image_id, *newest[digest][1:])
         for image_id, digest in content.items()
         if digest is not None and digest in newest
     ]
