@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image as PILImage
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, func, select, update
 
+from tests.store_helpers import add_model
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Dataset, Image
 from vicap_jobs.services import captioning
@@ -114,14 +115,118 @@ def test_a_path_registered_by_another_submit_meanwhile_gets_that_row(
     assert len(_rows(any_db)) == 2
 
 
-def test_a_dataset_image_with_the_same_path_is_not_reused(any_db: Engine, tmp_path: Path) -> None:
-    (path,) = _pictures(tmp_path, 1)
-    with session_scope(any_db) as session:
-        dataset = Dataset(name="d", format="synth")
-        session.add(dataset)
+def _dataset_image(db: Engine, path: Path, *, file_name: str | None = None, content: bytes | None = None) -> int:
+    """A data set image row for ``path`` (as an import records it: resolved path, sha256 of ``content`` or the file)."""
+    data = content if content is not None else path.read_bytes()
+    with session_scope(db) as session:
+        dataset = session.scalar(select(Dataset).where(Dataset.name == "d"))
+        if dataset is None:
+            dataset = Dataset(name="d", format="coco")
+            session.add(dataset)
+            session.flush()
+        image = Image(
+            dataset_id=dataset.id,
+            path=str(path.resolve()),
+            file_name=file_name or path.name,
+            coco_id=9001,
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+        session.add(image)
         session.flush()
-        session.execute(insert(Image).values(dataset_id=dataset.id, path=str(path), file_name=path.name))
-    (image_id,) = register_folder_images(db=any_db, paths=[path])
+        return image.id
+
+
+def test_a_dataset_image_at_the_same_path_is_that_image(any_db: Engine, tmp_path: Path) -> None:
+    """Changed rule (was: a new ad-hoc row beside it): a file with a data set image's path and content IS that image.
+
+    Captioning a data set's own image folder then writes captions of the data set's rows, so a
+    ``coco-json`` export carries its COCO ids and ``COCO.loadRes`` accepts it (tests/services/test_coco_roundtrip.py).
+    """
+    (path,) = _pictures(tmp_path, 1)
+    dataset_image = _dataset_image(any_db, path, file_name=f"test/{path.name}")
+    assert register_folder_images(db=any_db, paths=[path]) == [dataset_image]
     with session_scope(any_db) as session:
-        assert session.scalar(select(Image.dataset_id).where(Image.id == image_id)) is None
-        assert session.scalar(select(func.count()).select_from(Image)) == 2
+        assert session.scalar(select(func.count()).select_from(Image)) == 1
+
+
+def test_a_file_changed_since_the_import_is_not_the_dataset_image(any_db: Engine, tmp_path: Path) -> None:
+    """Same path, other content: the data set's references describe the old photo, so the file gets an ad-hoc row."""
+    (path,) = _pictures(tmp_path, 1)
+    dataset_image = _dataset_image(any_db, path, content=b"the photo as it was imported")
+    (image_id,) = register_folder_images(db=any_db, paths=[path])
+    assert image_id != dataset_image and str(path) in _rows(any_db)
+
+
+def test_a_copy_of_the_dataset_folder_elsewhere_links_each_dataset_image_once(any_db: Engine, tmp_path: Path) -> None:
+    """Same content and name elsewhere: the data set's row; a renamed copy or a second copy of the same row: ad-hoc."""
+    originals = _pictures(tmp_path / "dataset", 2)
+    dataset_images = [_dataset_image(any_db, path) for path in originals]
+    copies = tmp_path / "copy"
+    copies.mkdir()
+    first, second = copies / originals[0].name, copies / originals[1].name
+    renamed, again = copies / "renamed.png", tmp_path / "again" / originals[0].name
+    again.parent.mkdir()
+    for target, source in (
+        (first, originals[0]),
+        (second, originals[1]),
+        (renamed, originals[0]),
+        (again, originals[0]),
+    ):
+        target.write_bytes(source.read_bytes())
+    ids = register_folder_images(db=any_db, paths=[first, second, renamed, again])
+    assert ids[:2] == dataset_images
+    assert set(_rows(any_db)) == {str(renamed), str(again)}  # ad-hoc rows: another name, and a row already given
+    assert len(set(ids)) == 4
+
+
+def test_a_copy_is_not_linked_when_the_dataset_file_is_gone(any_db: Engine, tmp_path: Path) -> None:
+    """The worker reads a data set image from the data set's path: without that file the copy stays ad-hoc."""
+    (original,) = _pictures(tmp_path / "dataset", 1)
+    copy = tmp_path / "copy" / original.name
+    copy.parent.mkdir()
+    copy.write_bytes(original.read_bytes())
+    dataset_image = _dataset_image(any_db, original)
+    original.unlink()
+    (image_id,) = register_folder_images(db=any_db, paths=[copy])
+    assert image_id != dataset_image and str(copy) in _rows(any_db)
+
+
+def test_a_changed_file_loses_its_perceptual_hash_and_counts_as_new(any_db: Engine, tmp_path: Path) -> None:
+    """New content at an old path: phash cleared and created_at moved (its old captions describe another photo)."""
+    changed, same = _pictures(tmp_path, 2)
+    ids = register_folder_images(db=any_db, paths=[changed, same])
+    with session_scope(any_db) as session:
+        session.execute(update(Image).where(Image.id.in_(ids)).values(phash="0123456789abcdef"))
+        before = dict(session.execute(select(Image.id, Image.created_at).where(Image.id.in_(ids))).all())
+    PILImage.new("RGB", (33, 44), (1, 2, 3)).save(changed)
+    assert register_folder_images(db=any_db, paths=[changed, same]) == ids
+    with session_scope(any_db) as session:
+        after = {i: (h, t) for i, h, t in session.execute(select(Image.id, Image.phash, Image.created_at))}
+    assert after[ids[0]][0] is None and after[ids[0]][1] > before[ids[0]]
+    assert after[ids[1]] == ("0123456789abcdef", before[ids[1]])
+
+
+def test_a_copy_links_only_to_a_dataset_file_inside_the_allowed_folders(any_db: Engine, tmp_path: Path) -> None:
+    """The web view's roots: the worker would read the data set's file, so it must be inside them too."""
+    add_model(any_db, "m")
+    (original,) = _pictures(tmp_path / "dataset", 1)
+    _dataset_image(any_db, original)
+    copy = tmp_path / "uploads" / original.name
+    copy.parent.mkdir()
+    copy.write_bytes(original.read_bytes())
+
+    def linked(roots: list[Path]) -> int:
+        plan = captioning.create_caption_job(
+            db=any_db,
+            folder=copy.parent,
+            model="m",
+            engine_name="torch",
+            recursive=False,
+            batch_size=1,
+            chunk_size=1,
+            within=[root.resolve() for root in roots],
+        )
+        return plan.n_linked
+
+    assert linked([copy.parent]) == 0
+    assert linked([tmp_path]) == 1

@@ -14,7 +14,7 @@ from vicap_jobs.cli.common import console, err_console, open_store
 from vicap_jobs.cli.train_options import describe_inputs, options_from_cli, train_arguments
 from vicap_jobs.cli.waiting import LocalWorker, wait_for_job
 from vicap_jobs.jobs.queries import JobSummary
-from vicap_jobs.services.captioning import create_caption_job
+from vicap_jobs.services.captioning import CaptionJobPlan, create_caption_job
 from vicap_jobs.services.evaluation import create_evaluate_job
 from vicap_jobs.services.exporting import create_export_job
 from vicap_jobs.services.training import create_train_job
@@ -67,6 +67,12 @@ def submit() -> None:
 @click.option(
     "--chunk-size", type=click.IntRange(1), default=None, help="Images per chunk (one task); default VICAP_CHUNK_SIZE."
 )
+@click.option(
+    "--skip-known",
+    is_flag=True,
+    help="Caption only files whose content (sha256) has no ok caption yet from this model, engine and decoding; "
+    "the others get a copy of that caption in the new job.",
+)
 @_gpu_option
 @_wait_option
 def caption(
@@ -76,19 +82,26 @@ def caption(
     recursive: bool,
     batch_size: int,
     chunk_size: int | None,
+    skip_known: bool,
     gpu: int | None,
     wait: bool,
 ) -> None:
     """Caption every image in a folder (jpg, jpeg, png, webp, bmp, gif) with a registered model.
 
     Images are registered (sha256) and split into chunks; each chunk writes one
-    caption row per image, `ok` or `error` with a readable reason. Export the
-    captions with `vicap-jobs captions export JOB`.
+    caption row per image, `ok` or `error` with a readable reason. Files that are
+    images of an imported data set are captioned as those images, so a
+    `--format coco-json` export carries the data set's COCO ids. With
+    `--skip-known`, re-running over a growing archive captions only the new (or
+    changed) photos: the rest get a copy of their earlier caption (same model,
+    same engine; `--engine` unset matches only earlier jobs that also left it
+    unset). Export the captions with `vicap-jobs captions export JOB`.
 
     Example:
 
     \b
         vicap-jobs submit caption --dir photos/ --wait
+        vicap-jobs submit caption --dir photos/ --skip-known --wait
         vicap-jobs submit caption --dir /data/album --recursive --model synth-attn --engine onnx --gpu 1
     """
 
@@ -102,14 +115,27 @@ def caption(
         batch_size=batch_size,
         chunk_size=chunk_size or settings.chunk_size,
         gpu=gpu,
+        skip_known=skip_known,
     )
     queue, _ = _publish(db, plan.job_id)
-    console.print(
-        f"job {plan.job_id} queued: {plan.n_images} images in {len(plan.chunk_ids)} chunk(s) on queue {queue}"
-    )
+    console.print(_queued_line(plan, queue))
     if plan.skipped_dirs:
         err_console.print(f"note: {plan.skipped_dirs} folder(s) skipped (unreadable or a link loop)")
-    _follow(db, plan.job_id, gpu=gpu, wait=wait, unit="images")
+    if plan.chunk_ids or wait:  # a job whose every image was reused has already ended: no worker to wait for
+        _follow(db, plan.job_id, gpu=gpu, wait=wait, unit="images")
+
+
+def _queued_line(plan: CaptionJobPlan, queue: str) -> str:
+    """What ``submit caption`` says about the job it made: images, chunks, and the reused and data set images."""
+    notes = []
+    if plan.n_reused:
+        notes.append(f"{plan.n_reused} reused from earlier jobs (--skip-known)")
+    if plan.n_linked:
+        notes.append(f"{plan.n_linked} are images of an imported data set")
+    tail = f"; {', '.join(notes)}" if notes else ""
+    if not plan.chunk_ids:
+        return f"job {plan.job_id} succeeded: all {plan.n_images} images were captioned before{tail}"
+    return f"job {plan.job_id} queued: {plan.n_images} images in {len(plan.chunk_ids)} chunk(s) on queue {queue}{tail}"
 
 
 @submit.command()
@@ -255,6 +281,8 @@ def _print_outcome(summary: JobSummary) -> None:
     line = f"job {summary.id} {summary.status}"
     if summary.kind in ("caption", "evaluate"):
         line += f": {summary.done - summary.failed} captioned, {summary.failed} failed"
+        if summary.reused:
+            line += f" ({summary.reused} of them reused from earlier jobs)"
     if summary.progress_message and summary.kind != "caption":
         line += f" ({summary.progress_message})"
     if summary.error:

@@ -33,6 +33,8 @@ class CaptionParams(JobParams):
     chunk_size: PositiveInt = 256
     device: str | None = None  # "gpuN" when submitted with --gpu N (the queue is in jobs.queue)
     skipped_dirs: NonNegativeInt = 0
+    skip_known: bool = False  # --skip-known: contents already captioned the same way were copied, not captioned
+    reused: NonNegativeInt = 0  # how many images got a copy of an earlier caption (captions.reused_from_id)
 
 
 class EvaluateParams(JobParams):

@@ -50,6 +50,11 @@ class JobSummary:
         return max((_aware(end) - _aware(self.started_at)).total_seconds(), 1e-9)
 
     @property
+    def reused(self) -> int:
+        """Images of a caption job that got a copy of an earlier caption instead of a worker's (``--skip-known``)."""
+        return int(self.params.get("reused") or 0)
+
+    @property
     def throughput(self) -> float | None:
         """Units (images) per second since the job started."""
         seconds = self.seconds

@@ -2,7 +2,10 @@
 
 A hash is computed once per sha256: rows whose content already has a hash (another data set's
 copy of the photo, an earlier caption folder) get that hash without decoding anything. Files
-that cannot be decoded keep NULL.
+that cannot be decoded keep NULL. Caption workers hash the photos they decode anyway
+(``pipeline/runner.py``), by the same rule and through the same writer functions
+(``jobs/writer.py``: :func:`known_phashes`, :func:`write_phashes`), so this is for images no
+caption job has read: a freshly imported data set, before ``dataset overlap``.
 """
 
 from __future__ import annotations
@@ -11,13 +14,14 @@ import contextlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, select
 
 from vicap_jobs.data.images import load_rgb
 from vicap_jobs.data.phash import perceptual_hash
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Image
 from vicap_jobs.errors import VicapError
+from vicap_jobs.jobs.writer import known_phashes, write_phashes
 
 PAGE = 1000
 
@@ -32,14 +36,7 @@ def fill_perceptual_hashes(*, db: Engine, image_ids: Iterable[int]) -> int:
             rows = session.execute(
                 select(Image.id, Image.path, Image.sha256).where(Image.id.in_(page), Image.phash.is_(None))
             ).all()
-            digests = {sha for _, _, sha in rows if sha}
-            known: dict[str, str] = {}
-            if digests:
-                for sha, value in session.execute(
-                    select(Image.sha256, Image.phash).where(Image.sha256.in_(digests), Image.phash.is_not(None))
-                ):
-                    if sha is not None and value is not None:
-                        known[sha] = value
+            known = known_phashes(session=session, digests=[sha for _, _, sha in rows if sha])
         hashes: dict[int, str] = {}
         for image_id, path, sha in rows:
             if sha and sha in known:
@@ -53,8 +50,7 @@ def fill_perceptual_hashes(*, db: Engine, image_ids: Iterable[int]) -> int:
             if sha:
                 known[sha] = value
         with session_scope(db) as session:
-            for image_id, value in hashes.items():
-                session.execute(update(Image).where(Image.id == image_id).values(phash=value))
+            write_phashes(session=session, hashes=hashes)
     return decoded
 
 
