@@ -19,7 +19,16 @@ from vicap_jobs.jobs.kinds import JobKind, register_job_kind
 from vicap_jobs.jobs.params import CaptionParams, ExportParams
 
 CAPTION = {"folder": "/photos", "model": "m", "engine": "torch"}
-CAPTION_STORED = {**CAPTION, "recursive": False, "batch_size": 16, "chunk_size": 256, "device": None, "skipped_dirs": 0}
+CAPTION_STORED = {
+    **CAPTION,
+    "recursive": False,
+    "batch_size": 16,
+    "chunk_size": 256,
+    "device": None,
+    "skipped_dirs": 0,
+    "skip_known": False,
+    "reused": 0,
+}
 TRAIN = {"name": "m", "family": "cnn-lstm", "dataset": "d", "options": {"epochs": 2}}
 
 

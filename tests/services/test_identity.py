@@ -46,3 +46,10 @@ def test_hashes_are_computed_once_per_content(sqlite_db: Engine, tmp_path: Path)
     assert hashes[str(first)] == hashes[str(copy)] == perceptual_hash(_photo(3).convert("RGB"))
     assert hashes[str(broken)] is None
     assert fill_perceptual_hashes(db=sqlite_db, image_ids=ids) == 0  # nothing left that can be hashed
+
+
+def test_a_large_photo_is_reduced_before_hashing_and_hashes_like_its_smaller_copy() -> None:
+    """A 2048 px photo and its 512 px copy hash within 2 bits (the hash is about content, not pixels)."""
+    large = _photo(4).resize((2048, 1536), PILImage.Resampling.BICUBIC)
+    small = large.resize((512, 384), PILImage.Resampling.LANCZOS)
+    assert hamming(perceptual_hash(large), perceptual_hash(small)) <= 2

@@ -32,6 +32,7 @@ class CaptionRequest:
     recursive: bool = False
     batch_size: int = 16
     gpu: int | None = None
+    skip_known: bool = False
 
 
 def allowed_folder(raw: str, roots: Sequence[Path]) -> Path:
@@ -78,6 +79,7 @@ def submit_caption_job(
         chunk_size=chunk_size or get_settings().chunk_size,
         gpu=request.gpu,
         within=roots,
+        skip_known=request.skip_known,
     )
     publish_job(db=db, job_id=plan.job_id)
     return plan

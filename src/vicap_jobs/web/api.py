@@ -47,6 +47,9 @@ class CaptionJobIn(BaseModel):
     recursive: bool = False
     batch_size: int = Field(default=16, ge=1, le=1024)
     gpu: int | None = Field(default=None, ge=0)
+    skip_known: bool = Field(
+        default=False, description="Reuse earlier captions of the same content by the same model and engine."
+    )
 
 
 @router.get("/jobs")
@@ -84,6 +87,8 @@ def submit_caption(request: Request, body: CaptionJobIn) -> dict[str, Any]:
         "chunks": len(plan.chunk_ids),
         "skipped_dirs": plan.skipped_dirs,
         "skipped_outside_roots": plan.skipped_outside,
+        "reused": plan.n_reused,
+        "dataset_images": plan.n_linked,
     }
 
 
