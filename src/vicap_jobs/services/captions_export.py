@@ -12,7 +12,9 @@ carry every image, errors and their reasons included.
 "captions": "<text>"}]``. ``hf-jsonl`` is one ``{"image": "<absolute path>",
 "file_name": ..., "text": ...}`` object per line, which Hugging Face
 ``datasets.load_dataset("json", data_files=...)`` loads as is (cast ``image``
-to ``datasets.Image()`` to decode the photos). Both list captioned images only.
+to ``datasets.Image()`` to decode the photos; checked by hand with datasets 5.2.0 on
+2026-11-30: 5 rows, images decoded, Vietnamese text intact; ``datasets`` is not a dependency, the
+tests check the shape). Both list captioned images only.
 """
 
 from __future__ import annotations
