@@ -19,24 +19,30 @@ the evaluation warning counts). Precision depends on how many non-duplicate pair
 true pair: the issue's protocol (40 originals × 4 variants + 40 distinct, 50 non-duplicate pairs
 per true pair) is run over several seeds and pooled per group; the ``pool`` rows put all groups
 on one side each (10× more non-duplicates per true pair), and ``false_match_rate`` (predicted
-non-duplicate pairs / all non-duplicate pairs) is the size-free figure. Hashes measured: the
-stored 64-bit ``imagehash.phash`` (``phash8``) and, as alternatives that would need a wider
-column, ``dhash8``, ``phash16`` (256 bits) and ``phash8+dhash8`` (128 bits, summed distances).
+non-duplicate pairs / all non-duplicate pairs) is the size-free figure. Hashes measured: ``phash16`` (the 256-bit
+``imagehash.phash`` ``images.phash`` stores), ``key`` (its 8×8 low-frequency corner, the 64-bit
+index key), ``two_stage`` (what the service does: phash16 within the threshold where the keys are
+within ``candidate_threshold``), and for comparison ``phash8`` (the 64-bit ``imagehash.phash``
+stored before), ``dhash8`` and ``phash8+dhash8`` (128 bits, summed distances).
 
-Timing. Uniform random 64-bit hashes with planted near pairs (one per 50 hashes, at distances
-spread over 0..threshold): the multi-index search (``vicap_jobs.data.hamming_index``) at
-12.5k/25k/50k/100k × the same, and the numpy all-pairs scan at 5k × 5k and 12.5k × 12.5k, where
-both must return the same pairs. Best of ``--repeats`` runs each (the machine is shared).
+Timing. Uniform random 64-bit keys, each followed by 192 random bits (the 256-bit hash), with
+planted near pairs (one per 50 hashes, keys at distances spread over 0..threshold, the rest of the
+hash shared): the multi-index search at the candidate threshold with every candidate verified on
+256 bits (``vicap_jobs.data.hamming_index``) at 12.5k/25k/50k/100k × the same, and the numpy
+all-pairs scan (verified the same way) at 5k × 5k and 12.5k × 12.5k, where both must return the
+same pairs. Best of ``--repeats`` runs each (the machine is shared).
 
-Measured on 2 shared cores (bench/results/overlap.json). phash8 at the default 8 bits, 10 groups:
-recall 0.966 / precision 0.985 (distinct = same sport), 0.958 / 0.964 (same attributes); crops
-alone 0.87 / 0.84; pooled precision 0.88 / 0.81. The sweep and the reasons for 8 are in the
-docstring of ``vicap_jobs/services/overlap.py``. Timing at 8 bits: index 0.011 s and 0.044 s for
-5k × 5k and 12.5k × 12.5k, all pairs 0.16 s and 1.04 s (same pairs both times); index 12.5k /
-25k / 50k / 100k: 0.044 / 0.165 / 0.46 / 1.75 s against ~1.0 / 4.2 / 17 / 67 s for all pairs
-(extrapolated): time ~ n**1.77 over the range (all pairs n**2.03), 36× faster at 50k.
+Measured on 2 shared cores (bench/results/overlap.json, 2026-11-30). Two stages at the default
+(64 of 256 bits, keys within 12): recall 0.979 / precision 0.999 (distinct = same sport), 0.975 /
+0.989 (same attributes); crops alone 0.92 / 0.90; pooled precision 0.96 / 0.95. Before (phash8 at
+8 bits): 0.966 / 0.985, 0.958 / 0.964, crops 0.87 / 0.84, pooled 0.88 / 0.81. The sweep and the
+reasons are in the docstring of ``vicap_jobs/services/overlap.py``. Timing at 12 bits: index
+0.056 s and 0.31 s for 5k × 5k and 12.5k × 12.5k, all pairs 0.19 s and 1.30 s (same pairs both
+times); index 12.5k / 25k / 50k / 100k: 0.30 / 0.99 / 3.2 / 10.7 s against ~1.3 / 5.2 / 21 / 83 s
+for all pairs (extrapolated): time ~ n**1.72 (all pairs n**2.12), 6.5× faster at 50k. (At 8 bits,
+the 64-bit hash's threshold, the index took 0.46 s at 50k; a 12-bit radius needs more probes.)
 
-    python bench/overlap.py                      # ~2 min on 2 cores
+    python bench/overlap.py                      # ~3 min on 2 cores
     python bench/overlap.py --seeds 2 --sizes 2000,4000 --brute-sizes 1000   # a quick run
 """
 
@@ -50,6 +56,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +68,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
 from vicap_jobs.data.hamming_index import (  # noqa: E402
+    Fine,
     brute_force_pair_indices,
     choose_blocks,
     near_pair_indices,
     popcount,
 )
-from vicap_jobs.data.phash import perceptual_hash  # noqa: E402
+from vicap_jobs.data.phash import index_key, perceptual_hash  # noqa: E402
 from vicap_jobs.data.synth_scenes import (  # noqa: E402
     BALL_POSITIONS,
     PLAYER_COUNTS,
@@ -75,12 +83,15 @@ from vicap_jobs.data.synth_scenes import (  # noqa: E402
     SceneAttributes,
     render_scene,
 )
-from vicap_jobs.services.overlap import DEFAULT_THRESHOLD  # noqa: E402
+from vicap_jobs.services.overlap import DEFAULT_THRESHOLD, candidate_threshold  # noqa: E402
 
 VARIANTS = ("jpeg", "resize", "crop", "brightness")
 ORIGINAL_QUALITY = 90
 SIZE = 224
 THRESHOLDS_64 = tuple(range(2, 17, 2))  # odd distances never occur between two phash8 hashes (32 bits set each)
+KEY_THRESHOLDS = tuple(range(4, 25, 2))
+THRESHOLDS_256 = (40, 48, 56, 60, 64, 68, 72, 80, 88, 96)
+BEFORE_THRESHOLD = 8  # the 64-bit phash's default before the two stages
 PLANTED_EVERY = 50
 
 
@@ -193,16 +204,25 @@ def _bits(hash_object: Any) -> np.ndarray:
     return np.asarray(hash_object.hash, dtype=bool).ravel()
 
 
+def _hex_bits(value: str | int, bits: int) -> np.ndarray:
+    number = int(value, 16) if isinstance(value, str) else value
+    return np.unpackbits(np.frombuffer(number.to_bytes(bits // 8, "big"), dtype=np.uint8)).astype(bool)
+
+
 def _hashers() -> dict[str, Callable[[Image.Image], np.ndarray]]:
-    """name → picture → bits (bool array). phash8 is exactly what ``images.phash`` stores."""
+    """name → picture → bits (bool array). phash16 is exactly what ``images.phash`` stores, key its index key.
+
+    phash8 is the 64-bit ``imagehash.phash`` stored before (the drawn pictures are too small to be box-reduced).
+    """
 
     def phash8(image: Image.Image) -> np.ndarray:
-        return np.unpackbits(np.frombuffer(bytes.fromhex(perceptual_hash(image)), dtype=np.uint8)).astype(bool)
+        return _bits(imagehash.phash(image.convert("L"), 8))
 
     return {
         "phash8": phash8,
         "dhash8": lambda image: _bits(imagehash.dhash(image, 8)),
-        "phash16": lambda image: _bits(imagehash.phash(image, 16)),
+        "phash16": lambda image: _hex_bits(perceptual_hash(image), 256),
+        "key": lambda image: _hex_bits(index_key(perceptual_hash(image)), 64),
         "phash8+dhash8": lambda image: np.concatenate([phash8(image), _bits(imagehash.dhash(image, 8))]),
     }
 
@@ -210,8 +230,10 @@ def _hashers() -> dict[str, Callable[[Image.Image], np.ndarray]]:
 THRESHOLDS: dict[str, tuple[int, ...]] = {
     "phash8": THRESHOLDS_64,
     "dhash8": THRESHOLDS_64,
-    "phash16": tuple(range(32, 97, 8)),
+    "phash16": THRESHOLDS_256,
+    "key": KEY_THRESHOLDS,
     "phash8+dhash8": tuple(range(8, 33, 4)),
+    "two_stage": THRESHOLDS_256,
 }
 
 
@@ -238,12 +260,18 @@ class Group:
     dist: np.ndarray  # (originals, probes)
     truth: np.ndarray  # bool, same shape
     kinds: list[str]  # per probe
+    key_dist: np.ndarray | None = None  # two stages: index-key distances, within candidate_threshold(threshold) too
+
+    def hits(self, threshold: int) -> np.ndarray:
+        hit = self.dist <= threshold
+        return hit if self.key_dist is None else hit & (self.key_dist <= candidate_threshold(threshold))
 
 
 def hash_pools(sets: Sequence[DuplicateSet]) -> dict[str, tuple[Group, list[Group]]]:
     """Per hash: every original of every set against every probe of every set (the pool), and each set's own block.
 
-    Every picture is decoded from its JPEG bytes once and hashed by each hash.
+    Every picture is decoded from its JPEG bytes once and hashed by each hash. ``two_stage`` is what
+    the service does: phash16 distances where the keys are within the candidate threshold.
     """
     originals = [p.decoded() for dup in sets for p in dup.originals]
     probes = [p.decoded() for dup in sets for p in dup.probes]
@@ -263,6 +291,11 @@ def hash_pools(sets: Sequence[DuplicateSet]) -> dict[str, tuple[Group, list[Grou
         pool = Group(distances(left, right), truth, kinds)
         groups = [Group(pool.dist[r0:r1, c0:c1], truth[r0:r1, c0:c1], kinds[c0:c1]) for r0, r1, c0, c1 in bounds]
         pools[name] = (pool, groups)
+    fine, key = pools["phash16"], pools["key"]
+    pools["two_stage"] = (
+        Group(fine[0].dist, truth, kinds, key[0].dist),
+        [Group(f.dist, f.truth, f.kinds, k.dist) for f, k in zip(fine[1], key[1], strict=True)],
+    )
     return pools
 
 
@@ -274,7 +307,7 @@ def sweep(groups: Sequence[Group], thresholds: Sequence[int]) -> list[dict[str, 
         flagged_true = flagged_false = dup_images = 0
         by_kind = {kind: [0, 0] for kind in VARIANTS}
         for g in groups:
-            hit = g.dist <= threshold
+            hit = g.hits(threshold)
             tp += int((hit & g.truth).sum())
             fp += int((hit & ~g.truth).sum())
             positives += int(g.truth.sum())
@@ -323,16 +356,30 @@ def measure_quality(n_originals: int, seeds: Sequence[int], negatives: str) -> d
 
 def planted_hashes(n_left: int, n_right: int, threshold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Uniform random hashes; every PLANTED_EVERY-th right hash is a copy of a left one with 0..threshold bits flipped."""
+    left, right, _ = planted_pairs(n_left, n_right, threshold, seed)
+    return left, right
+
+
+def planted_pairs(n_left: int, n_right: int, threshold: int, seed: int) -> tuple[np.ndarray, np.ndarray, Fine]:
+    """:func:`planted_hashes` as 64-bit keys, and 256-bit hashes for the second stage (``Fine``, threshold 64).
+
+    Each 256-bit hash is its key followed by 192 random bits; a planted copy shares its source's
+    random bits, so it passes the verification and the rest (~96 bits apart) do not.
+    """
     rng = np.random.default_rng(seed)
     left = rng.integers(0, np.iinfo(np.uint64).max, size=n_left, dtype=np.uint64, endpoint=True)
     right = rng.integers(0, np.iinfo(np.uint64).max, size=n_right, dtype=np.uint64, endpoint=True)
+    tails_left = rng.integers(0, np.iinfo(np.uint64).max, size=(n_left, 3), dtype=np.uint64, endpoint=True)
+    tails_right = rng.integers(0, np.iinfo(np.uint64).max, size=(n_right, 3), dtype=np.uint64, endpoint=True)
     targets = np.arange(0, n_right, PLANTED_EVERY)
     sources = rng.integers(0, n_left, size=len(targets))
     for target, source in zip(targets, sources, strict=True):
         flips = rng.choice(64, size=int(rng.integers(0, threshold + 1)), replace=False)
         mask = np.uint64(sum(1 << int(bit) for bit in flips))
         right[target] = left[source] ^ mask
-    return left, right
+        tails_right[target] = tails_left[source]
+    fine = Fine(np.column_stack([left, tails_left]), np.column_stack([right, tails_right]), DEFAULT_THRESHOLD)
+    return left, right, fine
 
 
 def _best_time(function: Callable[[], Any], repeats: int) -> tuple[float, Any]:
@@ -347,14 +394,15 @@ def _best_time(function: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 def measure_timing(sizes: Sequence[int], brute_sizes: Sequence[int], threshold: int, repeats: int) -> dict[str, Any]:
     """Index seconds per size (n × n); the all-pairs scan at ``brute_sizes``, where both must return the same pairs.
 
-    Each index size also gets the all-pairs time extrapolated from the largest scan measured (it is
-    exactly quadratic) and the speed-up over it.
+    ``threshold`` is the keys' (the candidate threshold); every candidate is verified with its
+    256-bit hash as the service does. Each index size also gets the all-pairs time extrapolated
+    from the largest scan measured (it is exactly quadratic) and the speed-up over it.
     """
     scans = []
     for n in brute_sizes:
-        left, right = planted_hashes(n, n, threshold, seed=n)
-        index_s, index_pairs = _best_time(lambda: near_pair_indices(left, right, threshold), repeats)  # noqa: B023
-        scan_s, scan_pairs = _best_time(lambda: brute_force_pair_indices(left, right, threshold), repeats)  # noqa: B023
+        left, right, fine = planted_pairs(n, n, threshold, seed=n)
+        index_s, index_pairs = _best_time(partial(near_pair_indices, left, right, threshold, fine=fine), repeats)
+        scan_s, scan_pairs = _best_time(partial(brute_force_pair_indices, left, right, threshold, fine=fine), repeats)
         scans.append(
             {
                 "n_left": n,
@@ -370,8 +418,8 @@ def measure_timing(sizes: Sequence[int], brute_sizes: Sequence[int], threshold: 
     reference = scans[-1] if scans else None
     rows = []
     for n in sizes:
-        left, right = planted_hashes(n, n, threshold, seed=n)
-        seconds, pairs = _best_time(lambda: near_pair_indices(left, right, threshold), repeats)  # noqa: B023
+        left, right, fine = planted_pairs(n, n, threshold, seed=n)
+        seconds, pairs = _best_time(lambda: near_pair_indices(left, right, threshold, fine=fine), repeats)  # noqa: B023
         plan = choose_blocks(n, n, threshold)
         row: dict[str, Any] = {
             "n_left": n,
@@ -390,7 +438,9 @@ def measure_timing(sizes: Sequence[int], brute_sizes: Sequence[int], threshold: 
         rows.append(row)
     return {
         "threshold": threshold,
-        "hashes": f"uniform random 64-bit, one planted near pair per {PLANTED_EVERY} right-hand hashes",
+        "fine_threshold": DEFAULT_THRESHOLD,
+        "hashes": f"uniform random 64-bit keys + 192 random bits, one planted near pair per {PLANTED_EVERY} right-hand "
+        "hashes; candidates verified on the 256 bits",
         "brute_force": scans,
         "brute_force_growth_exponent": _exponents(scans),
         "index": rows,
@@ -419,14 +469,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--negatives", choices=("sport", "attributes", "both"), default="both")
     parser.add_argument("--sizes", default="12500,25000,50000,100000", help="n for the n × n index timings")
     parser.add_argument("--brute-sizes", default="5000,12500", help="n for the all-pairs baseline (n × n)")
-    parser.add_argument("--threshold", type=int, default=None, help="for the timings (default: the service's)")
+    parser.add_argument(
+        "--threshold",
+        type=int,
+        default=None,
+        help="keys' threshold for the timings (default: the service's candidate threshold)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--name", default="overlap", help="result file bench/results/<name>.json")
     return parser.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    threshold = candidate_threshold(DEFAULT_THRESHOLD) if args.threshold is None else args.threshold
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     kinds = ("sport", "attributes") if args.negatives == "both" else (args.negatives,)
     start = time.perf_counter()
@@ -434,9 +489,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     quality_s = time.perf_counter() - start
     brute_sizes = [int(s) for s in args.brute_sizes.split(",") if s.strip()]
     timing = measure_timing(sizes, brute_sizes, threshold, args.repeats)
-    at_default = {
-        negatives: _row_at(result["phash8"]["per_group"], DEFAULT_THRESHOLD) for negatives, result in quality.items()
-    }
+    at_default = {negatives: _at_default(result) for negatives, result in quality.items()}
     return {
         "default_threshold": DEFAULT_THRESHOLD,
         "protocol": {
@@ -447,7 +500,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "size_px": SIZE,
             "original_jpeg_quality": ORIGINAL_QUALITY,
         },
-        "phash8_at_default": at_default,
+        "candidate_threshold": candidate_threshold(DEFAULT_THRESHOLD),
+        "before_threshold": BEFORE_THRESHOLD,
+        "at_default": at_default,
         "quality": quality,
         "quality_seconds": round(quality_s, 1),
         "timing": timing,
@@ -458,16 +513,28 @@ def _row_at(rows: Sequence[dict[str, Any]], threshold: int) -> dict[str, Any] | 
     return next((row for row in rows if row["threshold"] == threshold), None)
 
 
+def _at_default(result: dict[str, Any]) -> dict[str, Any]:
+    """The service's figures (two stages at the default), its candidates alone, and the 64-bit hash before."""
+    return {
+        "two_stage": _row_at(result["two_stage"]["per_group"], DEFAULT_THRESHOLD),
+        "two_stage_pool": _row_at(result["two_stage"]["pool"], DEFAULT_THRESHOLD),
+        "candidates": _row_at(result["key"]["per_group"], candidate_threshold(DEFAULT_THRESHOLD)),
+        "before": _row_at(result["phash8"]["per_group"], BEFORE_THRESHOLD),
+        "before_pool": _row_at(result["phash8"]["pool"], BEFORE_THRESHOLD),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     payload = run(args)
     path = write_result(args.name, payload)
-    for negatives, row in payload["phash8_at_default"].items():
-        if row:
-            print(
-                f"phash8 at {payload['default_threshold']} bits, distinct = same {negatives}: recall {row['recall']:.3f} "
-                f"precision {row['precision']:.3f} (crop recall {row['recall_by_variant']['crop']:.3f})"
-            )
+    for negatives, rows in payload["at_default"].items():
+        for name, row in rows.items():
+            if row:
+                print(
+                    f"{name} at {row['threshold']} bits, distinct = same {negatives}: recall {row['recall']:.3f} "
+                    f"precision {row['precision']:.3f} (crop recall {row['recall_by_variant']['crop']:.3f})"
+                )
     timing = payload["timing"]
     for scan in timing["brute_force"]:
         print(

@@ -166,21 +166,36 @@ def gpu_bulk(data: dict[str, Any]) -> list[str]:
 
 
 def overlap(data: dict[str, Any]) -> list[str]:
-    at = data["phash8_at_default"]
+    at = data["at_default"]
     quality = [
-        [kind, percent(v["recall"]), percent(v["precision"]), percent(v["recall_by_variant"].get("crop"))]
+        [
+            kind,
+            name,
+            percent(v[row]["recall"]),
+            percent(v[row]["precision"]),
+            percent(v[pool]["precision"]),
+            percent(v[row]["recall_by_variant"].get("crop")),
+        ]
         for kind, v in at.items()
-    ]
+        for name, row, pool in (
+            (f"now: 256 bits ≤ {data['default_threshold']}, keys ≤ {data['candidate_threshold']}", "two_stage", "two_stage_pool"),
+            (f"before: 64 bits ≤ {data['before_threshold']}", "before", "before_pool"),
+        )
+    ]  # fmt: skip
     timing = [
         [row["n_left"], row["seconds"], row["all_pairs_seconds_extrapolated"], ratio(row["speedup_over_all_pairs"])]
         for row in data["timing"]["index"]
     ]
     return [
-        f"Near duplicates at the default threshold ({data['default_threshold']} bits of 64):",
+        "Near duplicates at the default (candidates from the 64-bit keys, verified with the 256-bit hash):",
         "",
-        *table(["distinct scenes drawn as", "recall", "precision", "recall on 2-5 % crops"], quality),
+        *table(
+            ["distinct scenes drawn as", "hash", "recall", "precision", "pooled precision", "recall on 2-5 % crops"],
+            quality,
+        ),
         "",
-        "Hamming index (multi-index hashing) vs all pairs, hashes per side:",
+        f"Hamming index (multi-index hashing, keys within {data['timing']['threshold']} bits, then 256-bit check) "
+        "vs all pairs, hashes per side:",
         "",
         *table(["hashes", "index s", "all pairs s (extrapolated)", "speed-up"], timing),
     ]

@@ -1,7 +1,8 @@
 """Image identity: perceptual hashes, overlaps between images, segmented references, reused captions
 
-- ``images.phash`` (indexed): the 64-bit perceptual hash (``imagehash.phash``) as 16 hex digits,
-  computed once per content (rows with the same sha256 share it).
+- ``images.phash`` (indexed): the 256-bit perceptual hash (``imagehash.phash``, ``hash_size=16``) as
+  64 hex digits, computed once per content (rows with the same sha256 share it); its 8×8
+  low-frequency corner is the 64-bit key the near-duplicate search indexes.
 - ``image_overlaps``: pairs of images that are the same photo, exact (sha256) or near (phash within
   a Hamming threshold), found by ``vicap-jobs dataset overlap``; ``image_a_id < image_b_id``.
 - ``reference_captions.segmented``: the word-segmented caption a data set ships (KTVIC's
@@ -62,9 +63,10 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column(
                 "phash",
-                sa.String(length=16),
+                sa.String(length=64),
                 nullable=True,
-                comment="64-bit perceptual hash (imagehash.phash) as 16 hex digits; NULL until computed or when unreadable",
+                comment="256-bit perceptual hash (imagehash.phash, hash_size=16) as 64 hex digits (its 8x8 low-frequency "
+                "corner: the 64-bit index key); NULL until computed or when unreadable",
             )
         )
         batch_op.create_index("ix_images_phash", ["phash"], unique=False)
@@ -106,9 +108,17 @@ def upgrade() -> None:
         sa.Column("image_a_id", sa.Integer(), nullable=False, comment="the smaller id"),
         sa.Column("image_b_id", sa.Integer(), nullable=False),
         sa.Column(
-            "kind", sa.String(length=10), nullable=False, comment="exact (same sha256) | near (phash within the threshold)"
+            "kind",
+            sa.String(length=10),
+            nullable=False,
+            comment="exact (same sha256) | near (phash within the threshold)",
         ),
-        sa.Column("distance", sa.Integer(), nullable=False, comment="Hamming distance of the perceptual hashes (0..64)"),
+        sa.Column(
+            "distance",
+            sa.Integer(),
+            nullable=False,
+            comment="Hamming distance of the 256-bit perceptual hashes (0..256)",
+        ),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.CheckConstraint("kind IN ('exact', 'near')", name=op.f("ck_image_overlaps_kind")),
         sa.CheckConstraint("image_a_id < image_b_id", name=op.f("ck_image_overlaps_ordered")),

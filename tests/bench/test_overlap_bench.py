@@ -10,7 +10,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from vicap_jobs.services.overlap import DEFAULT_THRESHOLD
+from vicap_jobs.data.hamming_index import brute_force_pair_indices
+from vicap_jobs.services.overlap import DEFAULT_THRESHOLD, candidate_threshold
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
@@ -74,21 +75,44 @@ def test_planted_pairs_are_within_the_threshold() -> None:
     assert len(planted) == 10 and max(nearest) <= 6
 
 
+def test_planted_pairs_pass_the_256_bit_verification_and_random_pairs_do_not() -> None:
+    """The timing's second stage keeps exactly the planted pairs: their wide hashes differ only in the key bits."""
+    left, right, fine = overlap.planted_pairs(300, 500, 12, seed=4)
+    assert fine.left.shape == (300, 4) and np.array_equal(fine.left[:, 0], left)
+    coarse = brute_force_pair_indices(left, right, 12)
+    rows, cols, dist = brute_force_pair_indices(left, right, 12, fine=fine)
+    assert set(cols.tolist()) == set(range(0, 500, overlap.PLANTED_EVERY)) and len(coarse[0]) >= len(rows)
+    assert dist.max() <= 12  # planted: the key flips are the only differences
+
+
+def test_two_stages_need_both_distances_within_their_thresholds() -> None:
+    """A pair within the 256-bit threshold whose keys are past the candidate threshold is not predicted."""
+    dist = np.array([[10, 70, 60]])
+    key = np.array([[2, 2, candidate_threshold(64) + 1]])
+    group = overlap.Group(dist, np.array([[True, False, True]]), ["jpeg", "distinct", "crop"], key)
+    assert group.hits(64).tolist() == [[True, False, False]]
+    assert overlap.Group(dist, group.truth, group.kinds).hits(64).tolist() == [[True, False, True]]
+
+
 def test_a_tiny_run_measures_quality_and_timing() -> None:
-    """A few seconds: every hash has a sweep, phash8 has its row at the default, index and scan agree."""
+    """A few seconds: every hash has a sweep, the two stages have their rows at the default, index and scan agree."""
     args = overlap.parse_args(
         ["--originals", "5", "--seeds", "1", "--negatives", "sport", "--sizes", "400,800", "--brute-sizes", "300"]
         + ["--repeats", "1"]
     )
     payload = overlap.run(args)
-    assert set(payload["quality"]["sport"]) == {"phash8", "dhash8", "phash16", "phash8+dhash8"}
-    row = payload["phash8_at_default"]["sport"]
+    assert set(payload["quality"]["sport"]) == {"phash8", "dhash8", "phash16", "key", "phash8+dhash8", "two_stage"}
+    rows = payload["at_default"]["sport"]
+    row = rows["two_stage"]
     assert row["threshold"] == DEFAULT_THRESHOLD and 0.0 <= row["precision"] <= 1.0
     assert row["recall_by_variant"]["jpeg"] == 1.0  # a re-encode alone never moves phash past the default
+    assert rows["candidates"]["threshold"] == candidate_threshold(DEFAULT_THRESHOLD) == payload["timing"]["threshold"]
+    assert rows["candidates"]["recall"] >= row["recall"]  # the second stage only removes pairs
+    assert rows["before"]["threshold"] == 8 and rows["two_stage_pool"]["threshold"] == DEFAULT_THRESHOLD
     timing = payload["timing"]
     assert [scan["index_pairs_equal_brute_force"] for scan in timing["brute_force"]] == [True]
     assert [r["n_left"] for r in timing["index"]] == [400, 800]
-    assert all(r["pairs_found"] >= r["planted"] for r in timing["index"])
+    assert all(r["pairs_found"] >= r["planted"] for r in timing["index"])  # random key pairs fail the 256-bit check
     scan_s = timing["brute_force"][0]["seconds"]
     assert timing["index"][1]["all_pairs_seconds_extrapolated"] == round(scan_s * (800 / 300) ** 2, 1)
     assert len(timing["index_growth_exponent_between_sizes"]) == 1

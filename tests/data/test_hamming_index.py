@@ -9,7 +9,9 @@ import pytest
 
 from vicap_jobs.data import hamming_index
 from vicap_jobs.data.hamming_index import (
+    Fine,
     as_hashes,
+    as_words,
     brute_force_pair_indices,
     choose_blocks,
     near_pair_indices,
@@ -153,3 +155,62 @@ def test_index_and_scan_agree_on_a_larger_random_set() -> None:
     found = near_pair_indices(a, b, 8)
     scan = brute_force_pair_indices(a, b, 8)
     assert all(np.array_equal(x, y) for x, y in zip(found, scan, strict=True)) and len(found[0]) > 1000
+
+
+def _wide(keys: list[int], rng: random.Random) -> list[int]:
+    """192 more random bits after each 64-bit key: 256-bit hashes whose top word is the key."""
+    return [(key << 192) | rng.getrandbits(192) for key in keys]
+
+
+def _fine_reference(
+    keys_left: list[int], keys_right: list[int] | None, wide_left: list[int], wide_right: list[int] | None,
+    threshold: int, fine_threshold: int,
+) -> list[tuple[int, int, int]]:  # fmt: skip
+    """The two-stage definition as a double loop: keys within ``threshold`` and wide hashes within ``fine_threshold``."""
+    other_wide = wide_left if wide_right is None else wide_right
+    return [
+        (i, j, (wide_left[i] ^ other_wide[j]).bit_count())
+        for i, j, _ in _reference(keys_left, keys_right, threshold)
+        if (wide_left[i] ^ other_wide[j]).bit_count() <= fine_threshold
+    ]
+
+
+@pytest.mark.parametrize("blocks", [None, 0, 2, 4])
+def test_a_fine_hash_verifies_every_key_pair_in_every_plan(blocks: int | None) -> None:
+    """Key pairs whose 256-bit hashes differ in more than the fine threshold are dropped; distances are the wide ones."""
+    rng = random.Random(7)
+    keys_left, keys_right = _planted(300, 240, 6, seed=11)
+    wide_left, wide_right = _wide(keys_left, rng), _wide(keys_right, rng)
+    coarse = _reference(keys_left, keys_right, 6)
+    for i, j, _ in coarse[::2]:  # half the key pairs get wide hashes close to their partner's
+        wide_right[j] = wide_left[i] ^ (1 << rng.randrange(192))
+    fine_threshold = 40  # the random 192-bit tails of the other half differ in ~96 bits
+    fine = Fine(
+        as_words([f"{w:064x}" for w in wide_left], 256),
+        as_words([f"{w:064x}" for w in wide_right], 256),
+        fine_threshold,
+    )
+    found = _as_triples(near_pair_indices(as_hashes(keys_left), as_hashes(keys_right), 6, blocks=blocks, fine=fine))
+    want = _fine_reference(keys_left, keys_right, wide_left, wide_right, 6, fine_threshold)
+    assert found == want and 0 < len(want) < len(coarse)
+    within = Fine(fine.left, None, fine_threshold)
+    found_within = _as_triples(near_pair_indices(as_hashes(keys_left), None, 6, blocks=blocks, fine=within))
+    assert found_within == _fine_reference(keys_left, None, wide_left, None, 6, fine_threshold)
+
+
+def test_as_words_reads_wide_hex_hashes_and_refuses_other_widths() -> None:
+    """A 256-bit hex hash becomes four 64-bit words, most significant first; a fine search must match the sides."""
+    value = "0123456789abcdef" + "ffffffffffffffff" + "0000000000000001" + "8000000000000000"
+    words = as_words([value], 256)
+    assert words.shape == (1, 4) and [f"{w:016x}" for w in words[0].tolist()] == [
+        value[k : k + 16] for k in (0, 16, 32, 48)
+    ]
+    assert popcount(words).sum() == (int(value, 16)).bit_count()
+    with pytest.raises(ValueError, match="64 hex digits"):
+        as_words(["0123456789abcdef"], 256)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        as_words([], 100)
+    with pytest.raises(ValueError, match="fine.right"):
+        near_pair_indices(as_hashes([1, 2]), None, 3, fine=Fine(words, words, 10))
+    with pytest.raises(ValueError, match="one row per hash"):
+        near_pair_indices(as_hashes([1, 2]), as_hashes([3]), 3, fine=Fine(words, words, 10))

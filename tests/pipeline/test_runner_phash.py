@@ -83,8 +83,8 @@ def test_a_content_is_hashed_once_and_a_known_content_not_at_all(
     _path(any_db, twin).write_bytes(_path(any_db, first).read_bytes())
     _set_images(any_db, [first, twin], sha256="a" * 64)
     _set_images(any_db, [known, outside], sha256="b" * 64)
-    _set_images(any_db, [outside], phash="0123456789abcdef")  # the same content, hashed by an earlier job
-    _set_images(any_db, [hashed], phash="fedcba9876543210")  # this row has its hash already
+    _set_images(any_db, [outside], phash="0123456789abcdef" * 4)  # the same content, hashed by an earlier job
+    _set_images(any_db, [hashed], phash="fedcba9876543210" * 4)  # this row has its hash already
     job_id, (chunk_id,) = jobs.caption_job(
         any_db, [first, twin, known, hashed], chunk_size=4, batch_size=1, model_id=model_id
     )
@@ -95,8 +95,8 @@ def test_a_content_is_hashed_once_and_a_known_content_not_at_all(
     assert _hashes(any_db, [first, twin, known, hashed]) == [
         first_hash,
         first_hash,
-        "0123456789abcdef",
-        "fedcba9876543210",
+        "0123456789abcdef" * 4,
+        "fedcba9876543210" * 4,
     ]
     assert len(widths) == 1  # the twin, the known content and the hashed row were not hashed
 

@@ -10,9 +10,11 @@ from pathlib import Path
 from types import ModuleType
 
 import click
+import imagehash
 import pytest
 from click.testing import CliRunner
 from PIL import Image as PILImage
+from PIL import ImageEnhance
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import aliased
 
@@ -27,7 +29,16 @@ from vicap_jobs.errors import InputError, NotFoundError
 from vicap_jobs.services.datasets import create_synth_dataset, get_dataset, import_split
 from vicap_jobs.services.evaluation import evaluate_model
 from vicap_jobs.services.models import register_model
-from vicap_jobs.services.overlap import DEFAULT_THRESHOLD, OverlapPair, find_overlaps, store_pairs, training_overlap
+from vicap_jobs.services.overlap import (
+    DEFAULT_THRESHOLD,
+    MAX_THRESHOLD,
+    OverlapPair,
+    candidate_threshold,
+    find_overlaps,
+    near_duplicates,
+    store_pairs,
+    training_overlap,
+)
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
@@ -153,7 +164,7 @@ def test_unknown_data_sets_bad_thresholds_and_missing_files(sqlite_db: Engine, t
     with pytest.raises(NotFoundError, match="'other'"):
         find_overlaps(db=sqlite_db, dataset_a="one", dataset_b="other")
     with pytest.raises(InputError, match="--threshold"):
-        find_overlaps(db=sqlite_db, dataset_a="one", threshold=40)
+        find_overlaps(db=sqlite_db, dataset_a="one", threshold=MAX_THRESHOLD + 1)
 
 
 def test_generated_near_duplicates_are_found_at_95_percent_recall_and_precision(
@@ -187,8 +198,8 @@ def test_training_overlap_counts_computed_and_stored_pairs(any_db: Engine, one_p
     evaluated = [ids["p_q50.jpg"], ids["r.png"]]
     assert training_overlap(db=any_db, evaluated_ids=evaluated, training_dataset_id=photos) == 1
     assert [(a, b, kind) for a, b, kind, _ in _stored(any_db)] == [("p.png", "p_q50.jpg", "near")]
-    # a pair found earlier at a looser threshold (`dataset overlap --threshold 16`) counts too
-    store_pairs(db=any_db, pairs=[OverlapPair(ids["r.png"], ids["q.png"], "r.png", "q.png", "near", 14)])
+    # a pair found earlier at a looser threshold (`dataset overlap --threshold 96`) counts too
+    store_pairs(db=any_db, pairs=[OverlapPair(ids["r.png"], ids["q.png"], "r.png", "q.png", "near", 90)])
     assert training_overlap(db=any_db, evaluated_ids=evaluated, training_dataset_id=photos) == 2
     assert training_overlap(db=any_db, evaluated_ids=[], training_dataset_id=photos) == 0
     no_train = get_dataset(db=any_db, name="no-train").id
@@ -308,4 +319,58 @@ def test_re_encoding_keeps_the_stored_hash_close() -> None:
     again = PILImage.open(io.BytesIO(buffer.getvalue())).convert("RGB")
     other = _scene("quần vợt", 2)
     assert hamming(perceptual_hash(scene), perceptual_hash(again)) <= DEFAULT_THRESHOLD
-    assert hamming(perceptual_hash(scene), perceptual_hash(other)) > 3 * DEFAULT_THRESHOLD
+    assert hamming(perceptual_hash(scene), perceptual_hash(other)) > 1.5 * DEFAULT_THRESHOLD
+
+
+def _tennis(seed: int) -> PILImage.Image:
+    """One player in white, ball in the middle: the court colour and small placements come from the seed."""
+    return render_scene(SceneAttributes("quần vợt", 1, "trắng", "ở giữa"), size=224, seed=seed)
+
+
+def test_a_same_layout_scene_on_another_court_is_not_a_pair_but_edited_copies_are(
+    sqlite_db: Engine, tmp_path: Path
+) -> None:
+    """Red court (train) vs another player on a blue court (test): no pair; its JPEG/resized/cropped/brighter copies: pairs.
+
+    The 64-bit hash alone put these two scenes 8 bits apart, a pair at its default; the 256-bit
+    verification sets them 96 apart although their index keys are close enough to be candidates.
+    """
+    red, blue = _tennis(11), _tennis(50)
+    assert imagehash.phash(red.convert("L"), 8) - imagehash.phash(blue.convert("L"), 8) <= 8
+    train, test = tmp_path / "train", tmp_path / "test"
+    _save(red, train / "red.jpg")
+    seen = PILImage.open(train / "red.jpg").convert("RGB")
+    _save(seen, test / "jpeg40.jpg", quality=40)
+    _save(seen.resize((140, 140), PILImage.Resampling.LANCZOS), test / "smaller.png")
+    _save(seen.resize((300, 300), PILImage.Resampling.LANCZOS), test / "larger.png")
+    _save(seen.crop((5, 3, 219, 218)), test / "cropped.png")  # 2-4 % cut off
+    _save(ImageEnhance.Brightness(seen).enhance(1.2), test / "brighter.png")
+    _save(ImageEnhance.Brightness(seen).enhance(0.8), test / "darker.png")
+    _save(blue, test / "blue_court.jpg")
+    _import(sqlite_db, "courts", "train", train)
+    _import(sqlite_db, "courts", "test", test)
+    report = find_overlaps(db=sqlite_db, dataset_a="courts")
+    copies = {"jpeg40.jpg", "smaller.png", "larger.png", "cropped.png", "brighter.png", "darker.png"}
+    assert {(a, b) for a, b, _, _ in _stored(sqlite_db)} == {("red.jpg", name) for name in copies}
+    assert report.split_pairs[0].near == len(copies) and report.split_pairs[0].exact == 0
+    assert all(0 <= distance <= DEFAULT_THRESHOLD for *_, distance in _stored(sqlite_db))
+    from vicap_jobs.data.phash import hamming, index_key, perceptual_hash
+
+    red_hash, blue_hash = perceptual_hash(seen), perceptual_hash(PILImage.open(test / "blue_court.jpg").convert("RGB"))
+    assert (index_key(red_hash) ^ index_key(blue_hash)).bit_count() <= candidate_threshold(DEFAULT_THRESHOLD)
+    assert hamming(red_hash, blue_hash) > DEFAULT_THRESHOLD  # a candidate, refused by the 256-bit verification
+
+
+def test_near_duplicates_verifies_key_candidates_with_the_full_hash() -> None:
+    """A pair needs keys within 3/16 of the threshold and hashes within it: close keys with far hashes, or keys too
+    far apart (even with close hashes), are not pairs."""
+    assert candidate_threshold(DEFAULT_THRESHOLD) == 12 and candidate_threshold(0) == 0
+    # 16 rows of 4 hex digits; the key is the first 2 digits of each of the first 8 rows
+    base = "0" * 64
+    close = "1" + "0" * 63  # 1 bit apart, a key bit
+    far_tail = "".join("00ff" if r < 8 else "ffff" for r in range(16))  # same key, 192 bits apart
+    key_far = "".join("ff00" if r < 2 else "0000" for r in range(16))  # 16 bits apart, all of them key bits
+    right = [(10, close), (11, far_tail), (12, key_far)]
+    assert near_duplicates([(1, base)], right, DEFAULT_THRESHOLD) == [(1, 10, 1)]
+    assert near_duplicates([(1, base)], right, 96) == [(1, 10, 1), (1, 12, 16)]  # candidates now within 18 bits
+    assert near_duplicates([], right, DEFAULT_THRESHOLD) == [] and near_duplicates([(1, base)], [], 8) == []

@@ -87,8 +87,9 @@ class Image(Base):
     coco_id: Mapped[int | None] = mapped_column(Integer, comment="image id in the source COCO JSON, if any")
     sha256: Mapped[str | None] = mapped_column(String(64), comment="NULL when the file was missing at import")
     phash: Mapped[str | None] = mapped_column(
-        String(16),
-        comment="64-bit perceptual hash (imagehash.phash) as 16 hex digits; NULL until computed or when unreadable",
+        String(64),
+        comment="256-bit perceptual hash (imagehash.phash, hash_size=16) as 64 hex digits (its 8x8 low-frequency "
+        "corner: the 64-bit index key); NULL until computed or when unreadable",
     )
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
@@ -267,7 +268,7 @@ class ImageOverlap(Base):
     image_a_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), comment="the smaller id")
     image_b_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(10), comment="exact (same sha256) | near (phash within the threshold)")
-    distance: Mapped[int] = mapped_column(Integer, comment="Hamming distance of the perceptual hashes (0..64)")
+    distance: Mapped[int] = mapped_column(Integer, comment="Hamming distance of the 256-bit perceptual hashes (0..256)")
     created_at: Mapped[datetime] = _timestamp()
 
 

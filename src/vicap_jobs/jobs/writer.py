@@ -122,7 +122,7 @@ def copy_captions(*, session: Session, job_id: int, model_id: int | None, captio
 
 
 def write_phashes(*, session: Session, hashes: Mapping[int, str]) -> None:
-    """Store perceptual hashes (image id → 16 hex digits) on the image rows that have none, in one statement.
+    """Store perceptual hashes (image id → 64 hex digits) on the image rows that have none, in one statement.
 
     PostgreSQL: one ``UPDATE images ... FROM unnest(ids, hashes)``; SQLite, in-process: one
     executemany. A row hashed meanwhile by another worker keeps its hash (the same content, the

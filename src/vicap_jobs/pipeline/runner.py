@@ -15,17 +15,17 @@ content only the first is hashed, so a second job over the same photos hashes no
 hashing the same new content at the same moment may both hash it (the same value; the first write
 stays). Hashing time counts in the chunk's ``read_s``.
 
-Cost, measured on the shared 2-core box (load 5-6 from other work): ``perceptual_hash`` of a
-224×224 photo takes 0.35 ms quiet, 0.55-0.75 ms busy (two thirds of it Pillow's 32×32 Lanczos
-reduction), against 0.3-0.5 ms to decode the JPEG; 9-12 ms for a 1280×960 photo. A tiny cnn-lstm
-(64 px, one torch thread) infers in ~2.3 ms per image, so the hash is 20-25 % of its time, and
-a chunk of 256 new 224×224 JPEGs went from 2.6 to 3.5 ms per image (median of 7): the reader
-thread, hashing, competed for the busy cores with the engine. With a free core the reader
-(0.65 ms per image) should stay ahead of such a model and hide the hash (not measured: the box
-was never quiet); against a real model (50-100 ms per image on a CPU) it is under 1.5 %. It is
-paid once per content. Box-reducing the photo before the Lanczos step would make it 3-4× cheaper
-but moves hashes by ~2 bits (up to 6) from ``data.phash``'s definition, which every writer of
-``images.phash`` must share, so that choice belongs there, not here.
+Cost, measured on the shared 2-core box (load 5-6 from other work), of the 64-bit hash this was
+first: ``perceptual_hash`` of a 224×224 photo took 0.35 ms quiet, 0.55-0.75 ms busy (two thirds of
+it Pillow's Lanczos reduction), against 0.3-0.5 ms to decode the JPEG. A tiny cnn-lstm (64 px,
+one torch thread) infers in ~2.3 ms per image, so the hash is 20-25 % of its time, and a chunk of
+256 new 224×224 JPEGs went from 2.6 to 3.5 ms per image (median of 7): the reader thread,
+hashing, competed for the busy cores with the engine. With a free core the reader (0.65 ms per
+image) should stay ahead of such a model and hide the hash (not measured: the box was never
+quiet); against a real model (50-100 ms per image on a CPU) it is under 1.5 %. It is paid once per
+content. The 256-bit hash now stored (``data.phash``: 64×64 grey, one DCT, and large photos
+box-reduced first) costs the same within the noise: 1.8 ms for 640×480, 2.3 ms for 1280×960
+(2026-11-30, busy box), so these figures stand.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def run_chunk(
 class ReadBatch:
     """A batch's files decoded: the good images in batch order, error results for the bad ones, and the seconds.
 
-    ``hashes``: the perceptual hashes of the decoded images that were asked for (image id → 16 hex digits).
+    ``hashes``: the perceptual hashes of the decoded images that were asked for (image id → 64 hex digits).
     """
 
     good: list[tuple[int, PILImage.Image]]

@@ -1,32 +1,41 @@
 """Leak detection: the same photo in two splits of a data set, or in two data sets, stored in ``image_overlaps``.
 
 Two images overlap *exactly* when their files have the same sha256, and *nearly* when their
-perceptual hashes (``images.phash``, 64-bit ``imagehash.phash``) differ in at most ``threshold``
-bits. Near pairs are found with multi-index hashing (``vicap_jobs.data.hamming_index``), never by
-comparing every pair; missing hashes are computed first, once per content
-(``services.identity.fill_perceptual_hashes``). Only pairs across splits are reported: a photo
-twice in one split does not leak anything. Every pair found is stored (ordered ids, insert or
-skip, so re-running adds nothing twice); counts and examples per split pair are returned.
+perceptual hashes (``images.phash``, the 256-bit ``imagehash.phash`` of ``data/phash.py``) differ
+in at most ``threshold`` bits. Near pairs are found in two stages, never by comparing every pair:
+candidates whose 64-bit index keys (the hashes' 8×8 lowest frequencies) are within
+:func:`candidate_threshold` bits, through multi-index hashing (``vicap_jobs.data.hamming_index``),
+each then kept only when the full 256-bit hashes are within ``threshold``; the distance reported
+and stored (``image_overlaps.distance``) is the 256-bit one (0..256). Missing hashes are computed
+first, once per content (``services.identity.fill_perceptual_hashes``). Only pairs across splits
+are reported: a photo twice in one split does not leak anything. Every pair found is stored
+(ordered ids, insert or skip, so re-running adds nothing twice); counts and examples per split
+pair are returned.
 
-Why ``DEFAULT_THRESHOLD = 8`` bits (``bench/overlap.py`` → ``bench/results/overlap.json``): drawn
-sports scenes against four near duplicates of each (JPEG quality 30–60; resized ×0.5–0.8 or
-×1.25–1.5; 2–5 % cropped; brightness ×0.75–0.9 or ×1.1–1.25) and one distinct scene per original,
-40 originals per group (the issue's protocol), 10 groups. Pair recall / precision of phash8:
+Why (``bench/overlap.py`` → ``bench/results/overlap.json``): drawn sports scenes against four near
+duplicates of each (JPEG quality 30–60; resized ×0.5–0.8 or ×1.25–1.5; 2–5 % cropped; brightness
+×0.75–0.9 or ×1.1–1.25) and one distinct scene per original, 40 originals per group (the issue's
+protocol), 10 groups; distinct = same sport (S) or same sport, players, shirt and ball (A). The
+64-bit phash alone, the earlier form, at its best threshold (8 bits): recall / precision 0.966 /
+0.985 (S), 0.958 / 0.964 (A), 0.81–0.88 with the 10 groups pooled (10× the non-duplicates per true
+pair), and different scenes of one layout (a player on a red court, another on a blue one) 4–8
+bits apart. Two-stage, ``DEFAULT_THRESHOLD = 64`` of 256 (candidates at 12 of 64):
 
-    bits                                 6              8              10             12
-    distinct = same sport           0.921 / 0.990  0.966 / 0.985  0.986 / 0.958  0.996 / 0.899
-    distinct = same sport, players,
-               shirt and ball       0.913 / 0.982  0.958 / 0.964  0.983 / 0.928  0.993 / 0.876
+    256-bit bits (keys)                  56 (10)        60 (11)        64 (12)        68 (12)
+    S: recall / precision           0.949 / 1.000  0.968 / 1.000  0.979 / 0.999  0.987 / 0.995
+       pooled precision                 0.997          0.984          0.959          0.935
+    A: recall / precision           0.948 / 0.999  0.964 / 0.996  0.975 / 0.989  0.983 / 0.981
+       pooled precision                 0.994          0.982          0.950          0.920
 
-8 is the only threshold with both at or above 95 % for both kinds of non-duplicates. Small crops
-are phash's weak point: 2–5 % crops are found at 0.87 (0.84) at 8 bits, 0.94 at 10, since a crop
-shifts the 8×8 lowest DCT frequencies; no 64-bit hash measured (dhash8 too) reaches 95 % on crops
-alone while keeping precision at 95 %. Precision also falls as sets grow, since each non-duplicate
-pair is another chance of a false match (0.03 % of same-sport pairs, 0.07 % of same-attribute
-pairs are within 8 bits): with the 10 groups pooled (10× the non-duplicates per true pair) it is
-0.88 (0.81). Real photos are more varied than five drawn grounds; look at the example pairs
-printed. The best hash measured is a 256-bit phash (``hash_size=16``): 0.980 / 0.999 at 64 bits,
-crops 0.92, pooled precision 0.95 — it needs a 64-digit ``images.phash`` and a wider index.
+64 keeps recall near 98 % with precision at or above 95 % even pooled; crops, the weak spot (a crop
+shifts every frequency), are found at 0.92 (S) / 0.90 (A), against 0.87 / 0.84 before. The
+candidate threshold is ``3 × threshold / 16`` (12 at 64): the key's candidates hold 99.6 % (S) /
+98.9 % (A) of the true pairs; at 16 they would hold 99.9 %, adding 0.1 (S) / 0.5 (A) points of
+recall for 3–4× the index time (the probes grow with the radius) and slightly lower pooled
+precision. A pair within ``threshold`` whose keys differ by more is not found: the two stages are
+the definition of a near pair. ``MAX_THRESHOLD = 96``: there 0.6 % of same-sport non-duplicate
+pairs already match (precision 0.78). Real photos are more varied than five drawn grounds; look at the
+example pairs printed.
 """
 
 from __future__ import annotations
@@ -36,10 +45,11 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from sqlalchemy import Engine, or_, select
 
-from vicap_jobs.data.hamming_index import near_pairs
-from vicap_jobs.data.phash import hamming
+from vicap_jobs.data.hamming_index import Fine, as_words, near_pair_indices
+from vicap_jobs.data.phash import HASH_BITS, HEX_DIGITS, hamming, index_key
 from vicap_jobs.db.base import utcnow
 from vicap_jobs.db.bulk import insert_rows
 from vicap_jobs.db.session import session_scope
@@ -50,9 +60,9 @@ from vicap_jobs.services.identity import fill_perceptual_hashes
 
 log = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = 8
+DEFAULT_THRESHOLD = 64  # bits of the 256-bit hash
 DEFAULT_EXAMPLES = 3
-MAX_THRESHOLD = 16  # at 16 of 64 bits 1 % of unrelated same-sport pairs already match (bench sweep)
+MAX_THRESHOLD = 96  # at 96 of 256 bits 0.6 % of unrelated same-sport pairs already match (bench sweep)
 PAGE = 1000
 INSERT_PAGE = 2000
 NO_SPLIT = "none"
@@ -183,7 +193,7 @@ def find_overlaps(
 def match_groups(left: Sequence[ImageKey], right: Sequence[ImageKey], threshold: int) -> list[OverlapPair]:
     """Every (left, right) pair with the same sha256 (exact) or phashes within ``threshold`` bits (near).
 
-    An image present in both groups pairs with itself (exact, distance 0).
+    An image present in both groups pairs with itself (exact, distance 0). Near: see :func:`near_duplicates`.
     """
     by_sha: dict[str, list[ImageKey]] = defaultdict(list)
     for key in left:
@@ -199,7 +209,7 @@ def match_groups(left: Sequence[ImageKey], right: Sequence[ImageKey], threshold:
     if left_hashed and right_hashed:
         left_by_id = {k.id: k for k in left_hashed}
         right_by_id = {k.id: k for k in right_hashed}
-        for left_id, right_id, distance in near_pairs(
+        for left_id, right_id, distance in near_duplicates(
             [(k.id, k.phash or "") for k in left_hashed], [(k.id, k.phash or "") for k in right_hashed], threshold
         ):
             a, b = left_by_id[left_id], right_by_id[right_id]
@@ -207,6 +217,28 @@ def match_groups(left: Sequence[ImageKey], right: Sequence[ImageKey], threshold:
                 continue  # already an exact pair
             pairs.append(OverlapPair(a.id, b.id, a.file_name, b.file_name, "near", distance))
     return pairs
+
+
+def candidate_threshold(threshold: int) -> int:
+    """The index keys' threshold (of 64 bits) for a 256-bit threshold: 3/16 of it, 12 at the default 64."""
+    return threshold * 3 // 16
+
+
+def near_duplicates(
+    left: Sequence[tuple[int, str]], right: Sequence[tuple[int, str]], threshold: int
+) -> list[tuple[int, int, int]]:
+    """(left id, right id, 256-bit distance) of the pairs whose keys are within the candidate threshold
+    and whose hashes are within ``threshold`` bits, sorted."""
+    if not left or not right:
+        return []
+    left_keys, right_keys = _index_keys(left), _index_keys(right)
+    fine = Fine(as_words([h for _, h in left], HASH_BITS), as_words([h for _, h in right], HASH_BITS), threshold)
+    rows, cols, dist = near_pair_indices(left_keys, right_keys, candidate_threshold(threshold), fine=fine)
+    return [(left[i][0], right[j][0], d) for i, j, d in zip(rows.tolist(), cols.tolist(), dist.tolist(), strict=True)]
+
+
+def _index_keys(hashes: Sequence[tuple[int, str]]) -> np.ndarray:
+    return np.array([index_key(value) for _, value in hashes], dtype=np.uint64)
 
 
 def store_pairs(*, db: Engine, pairs: Iterable[OverlapPair]) -> int:
@@ -321,6 +353,8 @@ def _keys(db: Engine, image_ids: Sequence[int]) -> list[ImageKey]:
 
 
 def _key(image_id: int, split: str | None, file_name: str, sha256: str | None, phash: str | None) -> ImageKey:
+    if phash is not None and len(phash) != HEX_DIGITS:
+        phash = None  # not this hash's form (a store hashed before the 256-bit hash): counted as without one
     return ImageKey(image_id, split or NO_SPLIT, file_name, sha256, phash)
 
 
@@ -341,4 +375,4 @@ def _example_order(pair: OverlapPair) -> tuple[int, int, int, int]:
 
 def _check_threshold(threshold: int) -> None:
     if not 0 <= threshold <= MAX_THRESHOLD:
-        raise InputError(f"--threshold must be between 0 and {MAX_THRESHOLD} bits, got {threshold}")
+        raise InputError(f"--threshold must be between 0 and {MAX_THRESHOLD} bits (of {HASH_BITS}), got {threshold}")
