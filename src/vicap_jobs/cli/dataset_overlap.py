@@ -17,7 +17,7 @@ from vicap_jobs.services.overlap import DEFAULT_EXAMPLES, DEFAULT_THRESHOLD, MAX
     type=click.IntRange(0, MAX_THRESHOLD),
     default=DEFAULT_THRESHOLD,
     show_default=True,
-    help="Near duplicates: perceptual hashes (64 bits) differing in at most this many bits.",
+    help="Near duplicates: 256-bit perceptual hashes differing in at most this many bits.",
 )
 @click.option(
     "--examples",
@@ -36,7 +36,7 @@ def overlap(dataset_a: str, dataset_b: str | None, threshold: int, examples: int
 
     \b
         vicap-jobs dataset overlap uitviic
-        vicap-jobs dataset overlap uit-openviic ktvic --threshold 6 --examples 5
+        vicap-jobs dataset overlap uit-openviic ktvic --threshold 56 --examples 5
     """
 
     _, db = open_store()
