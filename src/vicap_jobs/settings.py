@@ -50,6 +50,9 @@ class Settings(BaseSettings):
         gt=0,
         description="A chunk whose worker died this many times is given up (its images get error rows).",
     )
+    max_sweep_runs: int = Field(
+        default=24, gt=0, description="A sweep with more runs (grid points x repeats) is refused unless forced."
+    )
     visibility_timeout_s: int = Field(
         default=3 * 3600, gt=0, description="Redis visibility timeout; longer than the longest chunk."
     )
@@ -140,6 +143,7 @@ class Settings(BaseSettings):
             "VICAP_STALE_AFTER_S": str(self.stale_after_s),
             "VICAP_CHUNK_SIZE": str(self.chunk_size),
             "VICAP_MAX_CHUNK_ATTEMPTS": str(self.max_chunk_attempts),
+            "VICAP_MAX_SWEEP_RUNS": str(self.max_sweep_runs),
             "VICAP_VISIBILITY_TIMEOUT_S": str(self.visibility_timeout_s),
             "VICAP_NIGHTLY_CRON": self.nightly_cron,
             "VICAP_TORCH_THREADS": str(self.torch_threads or "(all cores)"),

@@ -38,10 +38,10 @@ def _run(ctx: object) -> str:
 
 
 def test_the_built_in_kinds() -> None:
-    assert job_kind_names() == ["caption", "evaluate", "export", "train"]
-    assert [kind.name for kind in job_kinds()] == ["caption", "evaluate", "export", "train"]
-    assert kinds_with_unit("chunk") == ("caption",)
-    assert kinds_with_unit("job") == ("evaluate", "export", "train")
+    assert job_kind_names() == ["caption", "evaluate", "export", "sweep", "sweep-train", "train"]
+    assert [kind.name for kind in job_kinds()] == ["caption", "evaluate", "export", "sweep", "sweep-train", "train"]
+    assert kinds_with_unit("chunk") == ("caption", "sweep")  # a sweep: no message of its own, no chunks
+    assert kinds_with_unit("job") == ("evaluate", "export", "sweep-train", "train")
     caption = get_job_kind("caption")
     assert (caption.unit, caption.task, caption.params, caption.retry, caption.queue) == (
         "chunk",
@@ -55,8 +55,10 @@ def test_the_built_in_kinds() -> None:
 
 def test_an_unknown_kind_lists_the_valid_ones() -> None:
     with pytest.raises(UnknownNameError) as raised:
-        get_job_kind("sweep")
-    assert str(raised.value) == "unknown job kind 'sweep'; choose one of: caption, evaluate, export, train"
+        get_job_kind("grid")
+    assert str(raised.value) == (
+        "unknown job kind 'grid'; choose one of: caption, evaluate, export, sweep, sweep-train, train"
+    )
 
 
 def test_the_built_in_run_functions_resolve() -> None:
@@ -105,8 +107,8 @@ def test_register_a_kind_once(restore_kinds: None) -> None:
     assert register_job_kind(probe) is probe
     assert register_job_kind(_probe()) == probe  # the same kind again is fine (a plugin imported twice)
     assert get_job_kind("probe") == probe
-    assert job_kind_names() == ["caption", "evaluate", "export", "probe", "train"]
-    assert kinds_with_unit("job") == ("evaluate", "export", "probe", "train")
+    assert job_kind_names() == ["caption", "evaluate", "export", "probe", "sweep", "sweep-train", "train"]
+    assert kinds_with_unit("job") == ("evaluate", "export", "probe", "sweep-train", "train")
     with pytest.raises(InputError) as raised:
         register_job_kind(_probe(summary="something else"))
     assert str(raised.value) == "job kind 'probe' is already registered"

@@ -77,8 +77,10 @@ def test_create_job_accepts_a_params_object_and_queues_unpinned_work_on_the_shar
 
 def test_an_unknown_kind_is_refused_with_the_list_of_kinds(any_db: Engine) -> None:
     with pytest.raises(UnknownNameError) as raised:
-        jobs.new_job(any_db, "sweep")
-    assert str(raised.value) == "unknown job kind 'sweep'; choose one of: caption, evaluate, export, train"
+        jobs.new_job(any_db, "grid")
+    assert str(raised.value) == (
+        "unknown job kind 'grid'; choose one of: caption, evaluate, export, sweep, sweep-train, train"
+    )
     assert _count_jobs(any_db) == 0
 
 

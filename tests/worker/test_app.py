@@ -60,7 +60,14 @@ def test_every_job_kind_has_a_task_registered_under_its_name() -> None:
     from vicap_jobs.worker import tasks
 
     names = {kind.task for kind in job_kinds()}
-    assert names == {"vicap.caption_chunk", "vicap.train", "vicap.export", "vicap.evaluate"}
+    assert names == {
+        "vicap.caption_chunk",
+        "vicap.train",
+        "vicap.export",
+        "vicap.evaluate",
+        "vicap.sweep",
+        "vicap.sweep_train",
+    }
     assert names <= set(tasks.app.tasks) and set(tasks.KIND_TASKS) == names
     assert {"vicap.reap_stale_chunks", "vicap.nightly_evaluate"} <= set(tasks.app.tasks)
 

@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "jobs": "vicap_jobs.cli.jobs_cmd:jobs",
     "captions": "vicap_jobs.cli.captions_cmd:captions",
     "scores": "vicap_jobs.cli.scores_cmd:scores",
+    "sweeps": "vicap_jobs.cli.sweeps_cmd:sweeps",
     "worker": "vicap_jobs.cli.worker_cmd:worker",
     "scheduler": "vicap_jobs.cli.scheduler_cmd:scheduler",
     "demo": "vicap_jobs.cli.demo_cmd:demo",

@@ -9,7 +9,13 @@ import click
 from vicap_jobs.cli.common import console, open_store, print_table
 from vicap_jobs.errors import VicapError
 from vicap_jobs.models.registry import FamilySpec, family_names, get_family
-from vicap_jobs.services.models import calibration_sample, default_engine, list_models, resolve_model
+from vicap_jobs.services.models import (
+    calibration_sample,
+    default_engine,
+    list_models,
+    promote_model,
+    resolve_model,
+)
 
 
 @click.group()
@@ -96,6 +102,24 @@ def show(name: str) -> None:
         ],
     )
     console.print(json.dumps(m.hyperparameters, indent=2, ensure_ascii=False, default=str))
+
+
+@models.command()
+@click.argument("source")
+@click.argument("name")
+def promote(source: str, name: str) -> None:
+    """Register a copy of model SOURCE (e.g. a sweep's best run) under the plain name NAME.
+
+    Example:
+
+    \b
+        vicap-jobs sweeps show lr-study
+        vicap-jobs models promote lr-study-lr5e-4-r2 synth-attn-best
+    """
+
+    _, db = open_store()
+    promote_model(db=db, source=source, name=name)
+    console.print(f"model {name} registered: a copy of {source}'s artifacts")
 
 
 @models.command()

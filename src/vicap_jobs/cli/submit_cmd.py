@@ -17,6 +17,7 @@ from vicap_jobs.jobs.queries import JobSummary
 from vicap_jobs.services.captioning import CaptionJobPlan, create_caption_job
 from vicap_jobs.services.evaluation import create_evaluate_job
 from vicap_jobs.services.exporting import create_export_job
+from vicap_jobs.services.sweeps import create_sweep, parse_grid
 from vicap_jobs.services.training import create_train_job
 from vicap_jobs.services.workers import live_workers, start_worker_hint
 
@@ -222,6 +223,61 @@ def evaluate(
     queue, _ = _publish(db, job_id)
     console.print(f"job {job_id} queued: evaluate {model} on {dataset}/{split} on queue {queue}")
     _follow(db, job_id, gpu=gpu, wait=wait, unit="images")
+
+
+@submit.command()
+@train_arguments
+@click.option(
+    "--grid",
+    "grids",
+    multiple=True,
+    required=True,
+    metavar="OPTION=V1,V2,...",
+    help="A training option and its values, repeatable (runs: every combination), e.g. lr=1e-3,5e-4,1e-4.",
+)
+@click.option(
+    "--repeats", type=click.IntRange(1), default=1, show_default=True, help="Runs per grid point (seeds differ)."
+)
+@click.option("--force", is_flag=True, help="Queue even more runs than VICAP_MAX_SWEEP_RUNS.")
+@_gpu_option
+def sweep(grids: tuple[str, ...], repeats: int, force: bool, gpu: int | None, **values: Any) -> None:
+    """Train model NAME at every grid point, REPEATS times each, then evaluate every run on val and test.
+
+    One parent job and one child job per run (model `NAME-lr5e-4-r1`); N workers
+    run N children at once. Follow it with `vicap-jobs sweeps show NAME`; `jobs
+    cancel PARENT` cancels every run, `jobs retry PARENT` re-runs the failed ones.
+    Takes the training options of `submit train`; the grid overrides them.
+
+    Example:
+
+    \b
+        vicap-jobs submit sweep lr-study --family cnn-lstm-attn --dataset viic-synth --epochs 8 \\
+            --grid lr=1e-3,5e-4,1e-4 --repeats 3
+        vicap-jobs sweeps show lr-study
+    """
+
+    name, family, dataset, options = options_from_cli(values)
+    if gpu is not None:
+        options.setdefault("device", "cuda")
+    _, db = open_store()
+    plan = create_sweep(
+        db=db,
+        name=name,
+        family=family,
+        dataset=dataset,
+        options=options,
+        grid=parse_grid(grids),
+        repeats=repeats,
+        force=force,
+        gpu=gpu,
+    )
+    assert plan.parent_id is not None
+    console.print(f"sweep {name}: {plan.describe()}; parent job {plan.parent_id}")
+    queue = None
+    for child_id in plan.child_ids:
+        queue, _ = _publish(db, child_id)
+    console.print(f"{plan.n_runs} run(s) queued on queue {queue}: " + ", ".join(run[0] for run in plan.runs))
+    _follow(db, plan.parent_id, gpu=gpu, wait=False, unit="runs")
 
 
 # -- shared ---------------------------------------------------------------------------------

@@ -23,7 +23,15 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from vicap_jobs.errors import InputError, UnknownNameError, VicapError
-from vicap_jobs.jobs.params import CaptionParams, EvaluateParams, ExportParams, JobParams, TrainParams
+from vicap_jobs.jobs.params import (
+    CaptionParams,
+    EvaluateParams,
+    ExportParams,
+    JobParams,
+    SweepParams,
+    SweepTrainParams,
+    TrainParams,
+)
 from vicap_jobs.plugins import load_plugins, resolve
 
 Unit = Literal["job", "chunk"]
@@ -110,6 +118,24 @@ BUILT_IN: tuple[JobKind, ...] = (
         params=EvaluateParams,
         run="vicap_jobs.services.evaluation:run_evaluation",
         retry="images",
+    ),
+    # A sweep has no message of its own: unit "chunk" with no chunks keeps the recovery rules off it;
+    # its children (one message each) end it. ``jobs retry`` re-runs its failed children.
+    JobKind(
+        name="sweep",
+        summary="a hyper-parameter sweep: one sweep-train child per grid point and repeat",
+        unit="chunk",
+        task="vicap.sweep",
+        params=SweepParams,
+        run="vicap_jobs.services.sweeps:run_sweep_message",
+    ),
+    JobKind(
+        name="sweep-train",
+        summary="one run of a sweep: train, then evaluate on val and test",
+        unit="job",
+        task="vicap.sweep_train",
+        params=SweepTrainParams,
+        run="vicap_jobs.services.sweeps:run_sweep_child",
     ),
 )
 

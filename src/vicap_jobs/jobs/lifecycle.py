@@ -198,9 +198,12 @@ def retry_job(*, session: Session, job_id: int, chunk_size: int | None = None) -
     """Re-open a finished job of a kind that retries per image; returns the new chunk ids.
 
     The failed or never-captioned images go into new chunks; their error rows are deleted so they get
-    a fresh attempt; ok rows are kept and counted as done.
+    a fresh attempt; ok rows are kept and counted as done. A finished sweep instead re-queues only its
+    failed children and returns their job ids (each is a message of its own: publish those jobs).
     """
     job = get_job(session=session, job_id=job_id)
+    if job.kind == "sweep":
+        return _retry_sweep(session, job)
     if get_job_kind(job.kind).retry != "images":
         raise InputError(
             f"job {job_id} is a {job.kind} job; resubmit it instead (only caption/evaluate jobs retry per image)"
@@ -236,6 +239,39 @@ def retry_job(*, session: Session, job_id: int, chunk_size: int | None = None) -
         raise InputError(f"job {job_id} changed while it was being retried (retried twice at once?); look again")
     session.execute(delete(Caption).where(Caption.job_id == job_id, Caption.status == CaptionStatus.ERROR))
     return create_chunks(session=session, job_id=job_id, image_ids=todo, chunk_size=size, start_seq=next_seq)
+
+
+def _retry_sweep(session: Session, job: Job) -> list[int]:
+    """Re-open a finished sweep: its failed children go back to queued (returned), the others keep their result."""
+    if job.status in OPEN_JOB:
+        raise InputError(f"job {job.id} is still {job.status}; cancel it first or wait")
+    children = session.execute(select(Job.id, Job.status).where(Job.parent_id == job.id).order_by(Job.id)).all()
+    failed = [child_id for child_id, status in children if status == JobStatus.FAILED]
+    if not failed:
+        raise InputError(f"sweep job {job.id} has no failed runs to retry")
+    reopened = rows_changed(
+        session,
+        update(Job)
+        .where(Job.id == job.id, Job.status == job.status)  # two retries at once: the second finds it running
+        .values(status=JobStatus.RUNNING, done=len(children) - len(failed), failed=0, error=None, finished_at=None),
+    )
+    if not reopened:
+        raise InputError(f"job {job.id} changed while it was being retried (retried twice at once?); look again")
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(failed), Job.status == JobStatus.FAILED)
+        .values(
+            status=JobStatus.QUEUED,
+            done=0,
+            error=None,
+            finished_at=None,
+            heartbeat_at=None,
+            enqueued_at=None,  # the reaper's lost-message rule publishes a queued job never published
+            broker_task_id=None,
+            attempts=0,
+        )
+    )
+    return failed
 
 
 def attach_model(*, session: Session, job_id: int, model_id: int) -> None:

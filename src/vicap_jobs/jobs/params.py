@@ -57,6 +57,27 @@ class TrainParams(JobParams):
     options: dict[str, Any]
 
 
+class SweepTrainParams(TrainParams):
+    """One run of a sweep: train ``name`` (options include the grid point and the seed), then evaluate val and test."""
+
+    sweep: str  # the sweep's name
+    point: dict[str, Any]  # the grid point: option → value
+    repeat: PositiveInt  # 1-based
+    seed: int
+
+
+class SweepParams(JobParams):
+    """A hyper-parameter sweep: one ``sweep-train`` child per grid point × repeat (the parent runs nothing itself)."""
+
+    name: str
+    family: str
+    dataset: str
+    options: dict[str, Any]  # the base training options every run shares
+    grid: dict[str, list[Any]]  # option → values; the runs are the product of the lists
+    repeats: PositiveInt = 1
+    seeds: list[int]  # one per repeat
+
+
 class ExportParams(JobParams):
     """Export a registered model (ONNX), optionally quantized."""
 

@@ -232,3 +232,34 @@ def ensure_name_free(*, db: Engine, name: str) -> None:
     with session_scope(db) as session:
         if session.scalar(select(Model.id).where(Model.name == name)) is not None:
             raise InputError(f"a model named {name!r} already exists; pick another name")
+
+
+def promote_model(*, db: Engine, source: str, name: str) -> int:
+    """Register a copy of model ``source``'s artifacts under the plain name ``name`` (e.g. a sweep's best run)."""
+    import shutil  # only promoting copies folders
+
+    model = resolve_model(db=db, name=source)
+    ensure_name_free(db=db, name=name)
+    target = get_settings().models_dir / name
+    if target.exists():
+        raise InputError(f"{target} already exists; remove it or pick another name")
+    shutil.copytree(model.artifact_dir, target)
+    with session_scope(db) as session:
+        row = session.get(Model, model.id)
+        assert row is not None
+        vocabulary = row.vocabulary
+    if vocabulary and Path(vocabulary).is_relative_to(model.artifact_dir):
+        vocabulary = str(target / Path(vocabulary).relative_to(model.artifact_dir))
+    return register_model(
+        db=db,
+        name=name,
+        family=model.family,
+        backbone=model.backbone,
+        artifact_dir=str(target),
+        hyperparameters=model.hyperparameters,
+        vocabulary=vocabulary,
+        tokenization=model.tokenization,
+        image_size=model.image_size,
+        dataset_id=model.dataset_id,
+        trained_by_job_id=model.trained_by_job_id,
+    )

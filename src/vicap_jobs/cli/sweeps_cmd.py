@@ -1,0 +1,125 @@
+"""``vicap-jobs sweeps``: the table of a hyper-parameter sweep, one row per grid point beside the blind baseline."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import click
+
+from vicap_jobs.cli.common import console, open_store, print_table
+from vicap_jobs.services.sweeps import METRICS, Stat, SweepReport, run_rows, sweep_report
+
+NAMES = {"bleu_1": "BLEU-1", "bleu_2": "BLEU-2", "bleu_3": "BLEU-3", "bleu_4": "BLEU-4", "rouge_l": "ROUGE-L"}
+NAMES["cider_d"] = "CIDEr-D"
+MISSING = "–"
+
+
+@click.group()
+def sweeps() -> None:
+    """Show hyper-parameter sweeps (submitted with `vicap-jobs submit sweep`).
+
+    Example:
+
+    \b
+        vicap-jobs sweeps show lr-study
+        vicap-jobs sweeps show lr-study --format csv > lr-study.csv
+    """
+
+
+@sweeps.command()
+@click.argument("name")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="table: one row per grid point (mean ± std over repeats); csv/json: one raw row per run.",
+)
+def show(name: str, fmt: str) -> None:
+    """Test scores of sweep NAME per grid point (mean ± std over repeats) beside the blind baseline.
+
+    Scores are on the test split, ×100. Rows marked `below baseline` did not beat
+    the blind baseline on BLEU-4 and ROUGE-L (a model that produced no caption
+    scores 0). Promote the best run with `vicap-jobs models promote RUN NAME`.
+
+    Example:
+
+    \b
+        vicap-jobs sweeps show lr-study
+        vicap-jobs sweeps show lr-study --format json
+    """
+    _, db = open_store()
+    report = sweep_report(db=db, name=name)
+    if fmt == "json":
+        click.echo(json.dumps(run_rows(report), indent=2, ensure_ascii=False, default=str))
+        return
+    if fmt == "csv":
+        rows = run_rows(report)
+        buffer = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()})
+        click.echo(buffer.getvalue(), nl=False)
+        return
+    _print_report(report)
+
+
+def _score(stat: Stat | None) -> str:
+    if stat is None:
+        return MISSING
+    text = f"{100 * stat.mean:.1f}"
+    return f"{text} ± {100 * stat.std:.1f}" if stat.n > 1 else text
+
+
+def _plain(stat: Stat | None, digits: int) -> str:
+    if stat is None:
+        return MISSING
+    text = f"{stat.mean:.{digits}f}"
+    return f"{text} ± {stat.std:.{digits}f}" if stat.n > 1 else text
+
+
+def _print_report(report: SweepReport) -> None:
+    columns = ["grid point", "runs", *(NAMES[m] for m in METRICS), "best epoch", "val loss", "train s", "params", ""]
+    rows: list[list[object]] = []
+    for point in report.points:
+        stats = point.stats
+        params = stats["trainable_parameters"]
+        rows.append(
+            [
+                point.label,
+                f"{point.succeeded}/{point.runs}",
+                *(_score(stats[m]) for m in METRICS),
+                _plain(stats["best_epoch"], 1),
+                _plain(stats["val_loss"], 3),
+                _plain(stats["train_seconds"], 0),
+                f"{params.mean:,.0f}" if params else MISSING,
+                "" if point.beats_baseline else "✗ below baseline",
+            ]
+        )
+    if report.baseline is not None:
+        rows.append(
+            [
+                "blind baseline",
+                "",
+                *(MISSING if report.baseline[m] is None else f"{100 * (report.baseline[m] or 0):.1f}" for m in METRICS),
+                "",
+                "",
+                "",
+                "",
+                "",
+            ]
+        )
+    print_table(
+        f"sweep {report.name} (job {report.job_id}, {report.status}, {report.done}/{report.total} runs ended) "
+        f"on {report.dataset}/test, ×100, mean ± std over repeats",
+        columns,
+        rows,
+    )
+    failed = [run for run in report.runs if run.error]
+    for run in failed:
+        console.print(f"{run.model} (job {run.job_id}) {run.status}: {run.error}")
