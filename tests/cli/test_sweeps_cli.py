@@ -113,6 +113,42 @@ def test_the_budget_guard_states_the_size_and_force_overrides_it(store: tuple[En
     assert len(published) == 25
 
 
+def test_sweeps_retry_requeues_and_publishes_only_the_failed_runs(
+    store: tuple[Engine, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After one run failed, `sweeps retry` re-queues that run alone and publishes its message."""
+    from vicap_jobs.services import sweeps as sweeps_service
+    from vicap_jobs.worker import publish
+
+    db, published = store
+    assert invoke("submit", "sweep", "rt", *TINY_ARGS, "--grid", "lr=1e-2", "--repeats", "2").exit_code == 0
+    real = sweeps_service.run_training
+
+    def flaky(ctx: object) -> str:
+        if ctx.params.name == "rt-lr1e-2-r1":  # type: ignore[attr-defined]
+            raise RuntimeError("CUDA error (simulated)")
+        return real(ctx)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sweeps_service, "run_training", flaky)
+    outcomes = [run_job(db=db, job_id=job_id) for job_id in published]
+    assert [o.status for o in outcomes] == ["failed", "succeeded"]
+    assert outcomes[0].error == "RuntimeError: CUDA error (simulated)"
+    shown = invoke("sweeps", "show", "rt").output
+    assert "failed, 2/2 runs ended" in shown and "rt-lr1e-2-r1 (job" in shown
+    sent: list[int] = []
+
+    def record(db: Engine, job_id: int) -> tuple[str, int]:
+        sent.append(job_id)
+        return "vicap", 1
+
+    monkeypatch.setattr(publish, "publish_job", record)
+    result = invoke("sweeps", "retry", "rt")
+    assert result.exit_code == 0, result.output
+    assert sent == [published[0]] and f"1 failed run(s) re-queued: jobs [{published[0]}]" in result.output
+    again = invoke("sweeps", "retry", "rt")
+    assert again.exit_code != 0 and "still running" in again.output
+
+
 def test_sweeps_show_names_the_known_sweeps_when_one_is_missing(store: tuple[Engine, list[int]]) -> None:
     """An unknown sweep is one error line listing the sweeps there are."""
     assert invoke("submit", "sweep", "known", *TINY_ARGS, "--grid", "lr=1e-3").exit_code == 0

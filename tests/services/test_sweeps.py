@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
 from tests.conftest import SETTINGS_ENV_VARS
 from vicap_jobs.db.session import dispose_engines, session_scope
@@ -188,12 +188,11 @@ def test_the_table_has_one_row_per_grid_point_with_mean_and_std(swept: Swept) ->
             assert stat.std == pytest.approx(statistics.stdev(values))
         assert point.stats["cider_d"] is None or point.stats["cider_d"].n == 2  # CIDEr-D once the column exists
         assert point.stats["trainable_parameters"] is not None and point.stats["trainable_parameters"].mean > 1000
-        assert point.stats["best_epoch"] is not None and 1 <= point.stats["best_epoch"].mean <= TINY["epochs"]
+        assert point.stats["best_epoch"] is not None and 1 <= point.stats["best_epoch"].mean <= 2  # epochs
         assert point.stats["val_loss"] is not None and point.stats["train_seconds"] is not None
-        beats = (
-            point.stats["bleu_4"].mean > report.baseline["bleu_4"]  # type: ignore[union-attr,operator]
-            and point.stats["rouge_l"].mean > report.baseline["rouge_l"]  # type: ignore[union-attr,operator]
-        )
+        bleu_4, rouge_l = point.stats["bleu_4"], point.stats["rouge_l"]
+        assert bleu_4 is not None and rouge_l is not None
+        beats = bleu_4.mean > (report.baseline["bleu_4"] or 0.0) and rouge_l.mean > (report.baseline["rouge_l"] or 0.0)
         assert point.beats_baseline == beats
     print("\n" + "\n".join(f"{p.label}: BLEU-4 {p.stats['bleu_4']}" for p in report.points))
 
@@ -269,7 +268,7 @@ def test_a_requeued_run_does_not_train_or_evaluate_again(swept: Swept, monkeypat
     """A run whose worker died after training (message delivered again) reuses its model and its evaluations."""
     child_id = swept.plan.child_ids[0]
     with session_scope(swept.db) as session:
-        session.execute(Job.__table__.update().where(Job.id == child_id).values(status="running"))
+        session.execute(update(Job).where(Job.id == child_id).values(status="running"))
         evaluations_before = len(child_job_ids(session=session, job_id=child_id))
 
     def no_training(ctx: Any) -> str:

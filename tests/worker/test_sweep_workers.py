@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from tests.worker.conftest import Deployment
+from tests.worker.conftest import Deployment, PrivateRedis
 from vicap_jobs.db.tables import Job
 from vicap_jobs.services.datasets import create_synth_dataset
 
@@ -32,7 +33,9 @@ def children(dep: Deployment, parent_id: int) -> list[Job]:
     return [dep.job(job_id) for job_id in ids]
 
 
-def test_sweep_runs_on_two_workers_and_survives_a_sigkill(make_deployment, private_redis, store_url) -> None:
+def test_sweep_runs_on_two_workers_and_survives_a_sigkill(
+    make_deployment: Callable[..., Deployment], private_redis: PrivateRedis, store_url: str
+) -> None:
     """6 runs on 2 workers; the run whose worker is SIGKILLed mid-training is requeued, retrained, and the sweep succeeds."""
     dep = make_deployment(store_url, private_redis.url)
     create_synth_dataset(db=dep.db, name="s", n_images=160, seed=1, size=32, out_dir=dep.home / "synth", nightly=False)
