@@ -7,7 +7,7 @@ import click
 from vicap_jobs.cli.common import console, err_console, open_store, print_table
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.status import JobStatus
-from vicap_jobs.jobs.lifecycle import cancel_job, retry_job
+from vicap_jobs.jobs.lifecycle import cancel_job
 from vicap_jobs.jobs.queries import JobSummary, job_summary, list_jobs
 from vicap_jobs.services.workers import live_workers, start_worker_hint
 
@@ -131,20 +131,21 @@ def cancel(job_id: int) -> None:
 @jobs.command()
 @click.argument("job_id", type=int)
 def retry(job_id: int) -> None:
-    """Re-run only the failed or missing images of a finished caption job.
+    """Re-run only the failed or missing images of a finished caption job (of a sweep: its failed runs).
 
     Example:
 
     \b
         vicap-jobs jobs retry 12
     """
-    from vicap_jobs.worker.publish import publish_job  # imports Celery: only for commands that publish
+    from vicap_jobs.worker.publish import retry_and_publish  # imports Celery: only for commands that publish
 
     _, db = open_store()
-    with session_scope(db) as session:
-        chunk_ids = retry_job(session=session, job_id=job_id)
-    publish_job(db=db, job_id=job_id)
-    console.print(f"job {job_id} re-queued: {len(chunk_ids)} chunk(s) of failed or missing images")
+    unit, ids = retry_and_publish(db=db, job_id=job_id)
+    if unit == "run":
+        console.print(f"job {job_id} re-queued: {len(ids)} failed run(s): jobs {ids}")
+    else:
+        console.print(f"job {job_id} re-queued: {len(ids)} chunk(s) of failed or missing images")
     if not live_workers(db=db):
         err_console.print(start_worker_hint())
 

@@ -9,9 +9,7 @@ import json
 import click
 
 from vicap_jobs.cli.common import console, open_store, print_table
-from vicap_jobs.db.session import session_scope
 from vicap_jobs.errors import NotFoundError
-from vicap_jobs.jobs.lifecycle import retry_job
 from vicap_jobs.services.sweeps import METRICS, Stat, SweepReport, find_sweep_id, run_rows, sweep_report
 
 NAMES = {"bleu_1": "BLEU-1", "bleu_2": "BLEU-2", "bleu_3": "BLEU-3", "bleu_4": "BLEU-4", "rouge_l": "ROUGE-L"}
@@ -82,16 +80,13 @@ def retry(name: str) -> None:
     \b
         vicap-jobs sweeps retry lr-study
     """
-    from vicap_jobs.worker.publish import publish_job  # imports Celery: only for commands that publish
+    from vicap_jobs.worker.publish import retry_and_publish  # imports Celery: only for commands that publish
 
     _, db = open_store()
     parent_id = find_sweep_id(db=db, name=name)
     if parent_id is None:
         raise NotFoundError(f"no sweep named {name!r}")
-    with session_scope(db) as session:
-        run_ids = retry_job(session=session, job_id=parent_id)
-    for run_id in run_ids:
-        publish_job(db=db, job_id=run_id)
+    _, run_ids = retry_and_publish(db=db, job_id=parent_id)
     console.print(f"sweep {name} (job {parent_id}): {len(run_ids)} failed run(s) re-queued: jobs {run_ids}")
 
 

@@ -16,10 +16,10 @@ from sqlalchemy import Engine
 
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.errors import InputError
-from vicap_jobs.jobs.lifecycle import cancel_job, retry_job
+from vicap_jobs.jobs.lifecycle import cancel_job
 from vicap_jobs.services.captioning import CaptionJobPlan, create_caption_job
 from vicap_jobs.settings import get_settings
-from vicap_jobs.worker.publish import publish_job, revoke
+from vicap_jobs.worker.publish import publish_job, retry_and_publish, revoke
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,5 @@ def cancel(*, db: Engine, job_id: int) -> int:
 
 
 def retry(*, db: Engine, job_id: int) -> int:
-    """Queue the failed or missing images of a finished caption job again; returns the new chunks."""
-    with session_scope(db) as session:
-        chunk_ids = retry_job(session=session, job_id=job_id)
-    publish_job(db=db, job_id=job_id)
-    return len(chunk_ids)
+    """Queue the failed or missing images of a finished caption job again (a sweep: its failed runs); returns how many chunks or runs."""
+    return len(retry_and_publish(db=db, job_id=job_id)[1])

@@ -19,7 +19,7 @@ from vicap_jobs.db.session import session_scope
 from vicap_jobs.errors import VicapError
 from vicap_jobs.jobs.chunks import mark_chunks_enqueued, open_chunk_ids
 from vicap_jobs.jobs.kinds import get_job_kind
-from vicap_jobs.jobs.lifecycle import get_job, mark_job_enqueued
+from vicap_jobs.jobs.lifecycle import get_job, mark_job_enqueued, retry_job
 from vicap_jobs.jobs.queues import SHARED_QUEUE
 from vicap_jobs.jobs.recovery import Redelivery
 from vicap_jobs.settings import get_settings, mask_password
@@ -69,6 +69,23 @@ def publish_redelivery(*, db: Engine, plan: Redelivery) -> None:
         publish_chunks(db=db, task=get_job_kind(kind).task, chunk_ids=chunk_ids, queue=queue)
     for job_id in plan.jobs:
         publish_job(db=db, job_id=job_id)
+
+
+def retry_and_publish(*, db: Engine, job_id: int) -> tuple[str, list[int]]:
+    """Re-open a finished job (``jobs.lifecycle.retry_job``) and publish what it re-opened.
+
+    Returns (what was re-queued: "chunk" or "run", their ids). A caption or evaluate job re-opens
+    chunks, which publishing the job sends; a sweep re-opens its failed runs, each a job of its own.
+    """
+    with session_scope(db) as session:
+        kind = get_job(session=session, job_id=job_id).kind
+        reopened = retry_job(session=session, job_id=job_id)
+    if kind == "sweep":
+        for run_id in reopened:
+            publish_job(db=db, job_id=run_id)
+        return "run", reopened
+    publish_job(db=db, job_id=job_id)
+    return "chunk", reopened
 
 
 def revoke(task_ids: list[str]) -> None:
