@@ -105,6 +105,7 @@ def test_coco_json_export_goes_straight_into_pycocoevalcap_and_matches_the_store
         (stored.bleu_3, "Bleu_3"),
         (stored.bleu_4, "Bleu_4"),
         (stored.rouge_l, "ROUGE_L"),
+        (stored.cider_d, "CIDEr"),
     ]:
         assert evaluator.eval[theirs] == pytest.approx(ours, abs=1e-4), (theirs, evaluator.eval)
 

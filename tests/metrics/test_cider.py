@@ -15,6 +15,7 @@ from pycocoevalcap.cider.cider import Cider
 
 from vicap_jobs.data.text import SegmentedCaption, Tokenization, tokenize
 from vicap_jobs.errors import InputError
+from vicap_jobs.metrics.baseline import evaluate_constant
 from vicap_jobs.metrics.cider import CiderD, corpus_cider_d, document_frequencies
 from vicap_jobs.metrics.scores import score_captions
 
@@ -73,6 +74,17 @@ def test_parity_with_pycocoevalcap_leave_one_reference_out(
     assert scores.cider_d == pytest.approx(coco_cider(candidates, references)[0], abs=TOLERANCE, rel=0)
     assert len(captions) > 200
     print(f"\n{split}/{tokenization} leave-one-out CIDEr-D {scores.cider_d:.4f}, max |ours - coco| {difference:.1e}")
+
+
+def test_blind_baseline_cider_d_equals_pycocoevalcap(uitviic_dir: Path) -> None:
+    """One constant caption for every UIT-ViIC test image, as the stored baseline is scored, against the oracle."""
+    references = _references(uitviic_dir, "test")
+    caption = "một người đàn ông đang chơi bóng chày ở trên sân"  # the blind baseline chosen on train
+    scores = evaluate_constant(caption, references, tokenization="syllable")
+    tokens = {key: [tokenize(ref) for ref in refs] for key, refs in references.items()}
+    oracle, _ = coco_cider(dict.fromkeys(references, tokenize(caption)), tokens)
+    assert scores.cider_d == pytest.approx(oracle, abs=TOLERANCE, rel=0)
+    assert round(oracle, 2) == 0.54
 
 
 def test_parity_on_random_repetitive_corpus() -> None:
