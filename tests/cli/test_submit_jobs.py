@@ -113,6 +113,9 @@ def test_coco_json_export_goes_straight_into_pycocoevalcap_and_matches_the_store
     assert shown.exit_code == 0, shown.output
     assert "CIDEr-D" in shown.output and f"{stored.cider_d:.2f}" in shown.output, shown.output
     assert f"{result.baseline.cider_d:.2f}" in shown.output, shown.output
+    rescored = invoke("evaluate", "--predictions", str(out), "--dataset", "coco-mini", "--split", "test")
+    assert rescored.exit_code == 0, rescored.output  # the exported captions score as the job did, CIDEr-D included
+    assert f"{stored.cider_d:.2f}" in rescored.output and f"{result.baseline.cider_d:.2f}" in rescored.output
 
 
 def test_csv_and_jsonl_exports_list_every_image_with_status_and_reason(store: Engine, tmp_path: Path) -> None:
