@@ -105,8 +105,17 @@ def test_coco_json_export_goes_straight_into_pycocoevalcap_and_matches_the_store
         (stored.bleu_3, "Bleu_3"),
         (stored.bleu_4, "Bleu_4"),
         (stored.rouge_l, "ROUGE_L"),
+        (stored.cider_d, "CIDEr"),
     ]:
         assert evaluator.eval[theirs] == pytest.approx(ours, abs=1e-4), (theirs, evaluator.eval)
+    assert stored.cider_d is not None and result.baseline is not None and result.baseline.cider_d is not None
+    shown = invoke("scores", "--dataset", "coco-mini")  # CIDEr-D as stored, 2 decimals, not × 100
+    assert shown.exit_code == 0, shown.output
+    assert "CIDEr-D" in shown.output and f"{stored.cider_d:.2f}" in shown.output, shown.output
+    assert f"{result.baseline.cider_d:.2f}" in shown.output, shown.output
+    rescored = invoke("evaluate", "--predictions", str(out), "--dataset", "coco-mini", "--split", "test")
+    assert rescored.exit_code == 0, rescored.output  # the exported captions score as the job did, CIDEr-D included
+    assert f"{stored.cider_d:.2f}" in rescored.output and f"{result.baseline.cider_d:.2f}" in rescored.output
 
 
 def test_csv_and_jsonl_exports_list_every_image_with_status_and_reason(store: Engine, tmp_path: Path) -> None:

@@ -320,3 +320,34 @@ def test_0003_moves_enqueue_times_off_heartbeat_and_records_pinned_queues(empty_
         assert utc(beat) == t0
     finally:
         engine.dispose()
+
+
+def test_0005_adds_cider_d_null_for_older_evaluations_and_to_the_view(empty_url: str) -> None:
+    """An evaluation stored at 0004 reads back through latest_scores with cider_d NULL; downgrade keeps the view."""
+    migrate.upgrade(empty_url, "0004")
+    engine = make_engine(empty_url)
+    t0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+    try:
+        with engine.begin() as c:
+            c.execute(
+                text("INSERT INTO datasets (id, name, format, created_at) VALUES (1, 'uitviic', 'coco', :t)"), {"t": t0}
+            )
+            c.execute(
+                text(
+                    "INSERT INTO evaluations (id, dataset_id, split, tokenization, bleu_1, bleu_2, bleu_3, bleu_4, "
+                    "rouge_l, n_images, is_baseline, created_at) "
+                    "VALUES (5, 1, 'test', 'syllable', 0.6, 0.4, 0.3, 0.2, 0.5, 10, :yes, :t)"
+                ),
+                {"yes": True, "t": t0},
+            )
+        migrate.upgrade(empty_url, "0005")
+        with engine.begin() as c:
+            assert c.execute(text("SELECT evaluation_id, bleu_4, cider_d FROM latest_scores")).all() == [(5, 0.2, None)]
+            c.execute(text("UPDATE evaluations SET cider_d = 0.75 WHERE id = 5"))
+            assert c.execute(text("SELECT cider_d FROM latest_scores")).scalar() == 0.75
+        migrate.downgrade(empty_url, "0004")
+        with engine.connect() as c:
+            assert c.execute(text("SELECT evaluation_id, bleu_4 FROM latest_scores")).all() == [(5, 0.2)]
+            assert "cider_d" not in {column["name"] for column in inspect(c).get_columns("evaluations")}
+    finally:
+        engine.dispose()

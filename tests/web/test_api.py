@@ -366,6 +366,8 @@ def test_scores_have_the_baseline_beside_each_model(client: TestClient) -> None:
     assert (row["model"], row["dataset"], row["split"], row["n_images"]) == ("tiny-a", "coco-mini", "test", 6)
     for key in ("bleu_1", "bleu_4", "rouge_l", "baseline_bleu_4", "baseline_rouge_l"):
         assert isinstance(row[key], float) and 0.0 <= row[key] <= 1.0, key
+    for key in ("cider_d", "baseline_cider_d"):  # ×10 scale, not bounded by 1
+        assert isinstance(row[key], float) and 0.0 <= row[key] <= 10.0, key
     every = client.get("/api/scores").json()
     assert {r["model"] for r in every} == {"tiny-a", "tiny-b"}
     assert client.get("/api/scores", params={"dataset": "nope"}).json() == []

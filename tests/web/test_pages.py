@@ -30,7 +30,9 @@ def test_dashboard_lists_jobs_workers_and_scores_beside_the_baseline(client: Tes
     assert row is not None and "7/7" in row.group(1) and "succeeded" in row.group(1)
     assert "gpu0@host-a" in html and "cuda:0" in html
     assert 'href="/models/tiny-a"' in html and 'href="/models/tiny-b"' in html
-    assert "baseline BLEU-4" in html
+    assert "baseline BLEU-4" in html and "baseline CIDEr-D" in html
+    cider = re.findall(r'<td class="num cider">(.*?)</td>', html)  # the models' CIDEr-D: 2 decimals, not ×100
+    assert len(cider) == 2 and all(re.fullmatch(r"\d+\.\d\d", value) for value in cider), cider
 
 
 def test_dashboard_fragment_is_the_rows_alone(client: TestClient, web_store: WebStore) -> None:

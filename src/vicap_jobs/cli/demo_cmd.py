@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from sqlalchemy import Engine
 
 from vicap_jobs.cli.common import console, print_table
+from vicap_jobs.cli.scores_cmd import SCALE_NOTE, cider_text
 from vicap_jobs.cli.waiting import LocalWorker, wait_for_job
 from vicap_jobs.db.store import open_engine
 from vicap_jobs.errors import NotFoundError
@@ -212,12 +213,13 @@ def _report(
 ) -> None:
     console.rule("result")
     scale = [100 * v for v in (row.bleu_1, row.bleu_2, row.bleu_3, row.bleu_4, row.rouge_l)]
-    rows = [[model, *scale]]
+    rows = [[model, *scale, cider_text(row.cider_d)]]
     if row.baseline_bleu_4 is not None and row.baseline_rouge_l is not None:
-        rows.append(["blind baseline", None, None, None, 100 * row.baseline_bleu_4, 100 * row.baseline_rouge_l])
+        baseline = [100 * row.baseline_bleu_4, 100 * row.baseline_rouge_l, cider_text(row.baseline_cider_d)]
+        rows.append(["blind baseline", None, None, None, *baseline])
     print_table(
-        f"{plan.dataset} test ({row.n_images} images, syllable tokens, × 100)",
-        ["", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L"],
+        f"{plan.dataset} test ({row.n_images} images, syllable tokens; {SCALE_NOTE})",
+        ["", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D"],
         rows,
     )
     throughput = caption_summary.throughput or 0.0

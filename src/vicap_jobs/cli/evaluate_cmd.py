@@ -8,6 +8,7 @@ import click
 
 from vicap_jobs.cli import choices
 from vicap_jobs.cli.common import console, open_store, print_table
+from vicap_jobs.cli.scores_cmd import SCALE_NOTE, cider_text
 from vicap_jobs.metrics.scores import CaptionScores
 from vicap_jobs.services.evaluation import evaluate_model, evaluate_predictions
 
@@ -26,7 +27,7 @@ from vicap_jobs.services.evaluation import evaluate_model, evaluate_predictions
     type=choices.TOKENIZATION,
     default="syllable",
     show_default=True,
-    help="How captions are split into tokens for BLEU/ROUGE-L (stored with the scores).",
+    help="How captions are split into tokens for BLEU/ROUGE-L/CIDEr-D (stored with the scores).",
 )
 @click.option("--engine", "engine_name", help="Inference engine for --model (default: the family's, e.g. onnx).")
 @click.option(
@@ -41,7 +42,7 @@ def evaluate(
     engine_name: str | None,
     allow_missing: bool,
 ) -> None:
-    """Corpus BLEU-1..4 and ROUGE-L (COCO definitions) beside the blind baseline; stored in `evaluations`.
+    """Corpus BLEU-1..4, ROUGE-L and CIDEr-D (COCO definitions) beside the blind baseline; stored in `evaluations`.
 
     Example:
 
@@ -70,12 +71,12 @@ def evaluate(
             allow_missing=allow_missing,
         )
         label = str(predictions)
-    rows = [[label, *(100 * v for v in _five(result.scores)), result.scores.n_images]]
+    rows = [_row(label, result.scores)]
     if result.baseline is not None:
-        rows.append(["blind baseline", *(100 * v for v in _five(result.baseline)), result.baseline.n_images])
+        rows.append(_row("blind baseline", result.baseline))
     print_table(
-        f"{dataset} {split} ({tokenization} tokens, × 100)",
-        ["", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "images"],
+        f"{dataset} {split} ({tokenization} tokens; {SCALE_NOTE})",
+        ["", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D", "images"],
         rows,
     )
     if result.baseline_caption:
@@ -84,5 +85,7 @@ def evaluate(
         console.print(result.overlap_warning, style="yellow", markup=False)
 
 
-def _five(scores: CaptionScores) -> tuple[float, ...]:
-    return scores.bleu_1, scores.bleu_2, scores.bleu_3, scores.bleu_4, scores.rouge_l
+def _row(label: str, scores: CaptionScores) -> list[object]:
+    """One table row: BLEU-1..4 and ROUGE-L × 100, CIDEr-D with 2 decimals, the image count."""
+    percent = [100 * v for v in (scores.bleu_1, scores.bleu_2, scores.bleu_3, scores.bleu_4, scores.rouge_l)]
+    return [label, *percent, cider_text(scores.cider_d), scores.n_images]

@@ -7,11 +7,21 @@ import click
 from vicap_jobs.cli.common import console, open_store, print_table
 from vicap_jobs.services.scores import baselines, latest_scores
 
+SCALE_NOTE = "BLEU and ROUGE-L × 100; CIDEr-D on its own ×10 scale"
+
+
+def cider_text(value: float | None) -> str | None:
+    """CIDEr-D with 2 decimals (not a percentage); None (shown as "-") for evaluations stored before it existed."""
+    return None if value is None else f"{value:.2f}"
+
 
 @click.command()
 @click.option("--dataset", help="Only this data set.")
 def scores(dataset: str | None) -> None:
-    """Show the newest BLEU-1..4 / ROUGE-L of every model beside the blind baseline (scores × 100).
+    """Show the newest BLEU-1..4 / ROUGE-L / CIDEr-D of every model beside the blind baseline.
+
+    BLEU and ROUGE-L are shown × 100; CIDEr-D as pycocoevalcap reports it (×10
+    scale, usually 0..2), "-" for evaluations stored before it was computed.
 
     A model that does not beat the blind baseline (one constant caption chosen
     on the train split) is not reading the image.
@@ -29,7 +39,7 @@ def scores(dataset: str | None) -> None:
         console.print("no evaluations yet; run `vicap-jobs evaluate --model NAME --dataset NAME --split test`")
     else:
         print_table(
-            "latest scores (× 100)",
+            f"latest scores ({SCALE_NOTE})",
             [
                 "model",
                 "data set",
@@ -40,9 +50,11 @@ def scores(dataset: str | None) -> None:
                 "BLEU-3",
                 "BLEU-4",
                 "ROUGE-L",
+                "CIDEr-D",
                 "images",
                 "baseline B4",
                 "baseline R-L",
+                "baseline C-D",
                 "beats",
             ],
             [
@@ -52,9 +64,11 @@ def scores(dataset: str | None) -> None:
                     r.split,
                     r.tokenization,
                     *(100 * v for v in (r.bleu_1, r.bleu_2, r.bleu_3, r.bleu_4, r.rouge_l)),
+                    cider_text(r.cider_d),
                     r.n_images,
                     None if r.baseline_bleu_4 is None else 100 * r.baseline_bleu_4,
                     None if r.baseline_rouge_l is None else 100 * r.baseline_rouge_l,
+                    cider_text(r.baseline_cider_d),
                     {True: "yes", False: "NO", None: "-"}[r.beats_baseline],
                 ]
                 for r in rows
@@ -63,7 +77,7 @@ def scores(dataset: str | None) -> None:
     base = [b for b in baselines(db=db) if dataset is None or b[0] == dataset]
     if base:
         print_table(
-            "blind baselines (× 100)",
-            ["data set", "split", "tok.", "BLEU-4", "ROUGE-L", "images"],
-            [[d, s, t, 100 * b4, 100 * rl, n] for d, s, t, b4, rl, n in base],
+            f"blind baselines ({SCALE_NOTE})",
+            ["data set", "split", "tok.", "BLEU-4", "ROUGE-L", "CIDEr-D", "images"],
+            [[d, s, t, 100 * b4, 100 * rl, cider_text(cd), n] for d, s, t, b4, rl, cd, n in base],
         )

@@ -295,6 +295,9 @@ class Evaluation(Base):
     bleu_3: Mapped[float] = mapped_column(Float)
     bleu_4: Mapped[float] = mapped_column(Float)
     rouge_l: Mapped[float] = mapped_column(Float)
+    cider_d: Mapped[float | None] = mapped_column(
+        Float, comment="CIDEr-D (COCO definition, ×10 scale as pycocoevalcap); NULL for rows before 0005"
+    )
     n_images: Mapped[int] = mapped_column(Integer)
     is_baseline: Mapped[bool] = mapped_column(Boolean, default=False)
     source: Mapped[str | None] = mapped_column(Text, comment="baseline caption, or the predictions file evaluated")
@@ -330,7 +333,7 @@ SELECT e.id AS evaluation_id,
        e.split,
        e.tokenization,
        e.is_baseline,
-       e.bleu_1, e.bleu_2, e.bleu_3, e.bleu_4, e.rouge_l,
+       e.bleu_1, e.bleu_2, e.bleu_3, e.bleu_4, e.rouge_l, e.cider_d,
        e.n_images,
        e.job_id,
        e.created_at

@@ -1,4 +1,4 @@
-"""Score predicted captions against reference captions: BLEU-1..4 and ROUGE-L in one record.
+"""Score predicted captions against reference captions: BLEU-1..4, ROUGE-L and CIDEr-D in one record.
 
 This is the one entry point evaluators, jobs and reports call. Both sides go
 through `vicap_jobs.data.text.tokenize` with a tokenization the caller must name,
@@ -16,6 +16,7 @@ from typing import TypeVar
 from vicap_jobs.data.text import Tokenization, check_tokenization, segmentation_of, tokenize
 from vicap_jobs.errors import InputError
 from vicap_jobs.metrics.bleu import corpus_bleu
+from vicap_jobs.metrics.cider import corpus_cider_d
 from vicap_jobs.metrics.rouge import corpus_rouge_l
 
 K = TypeVar("K", bound=Hashable)
@@ -25,7 +26,12 @@ _SHOWN_KEYS = 5  # how many offending image keys an error message lists
 
 @dataclass(frozen=True)
 class CaptionScores:
-    """Corpus scores on a 0..1 scale, with how many images and which tokenization produced them."""
+    """Corpus scores, with how many images and which tokenization produced them.
+
+    BLEU and ROUGE-L are on a 0..1 scale; CIDEr-D on pycocoevalcap's ×10 scale (0..10,
+    typically 0..2), so it is not a percentage. ``cider_d`` is None only for scores
+    read back from evaluations stored before CIDEr-D was computed.
+    """
 
     bleu_1: float
     bleu_2: float
@@ -34,9 +40,10 @@ class CaptionScores:
     rouge_l: float
     n_images: int
     tokenization: str
+    cider_d: float | None = None
 
     def as_percent(self) -> dict[str, float]:
-        """The five metrics on the 0..100 scale papers report, keyed by field name."""
+        """BLEU-1..4 and ROUGE-L on the 0..100 scale papers report, keyed by field name (CIDEr-D is not a percentage)."""
         metrics = {
             "bleu_1": self.bleu_1,
             "bleu_2": self.bleu_2,
@@ -80,7 +87,10 @@ def score_captions(
     tokenization: Tokenization,
     allow_missing: bool = False,
 ) -> CaptionScores:
-    """Corpus BLEU-1..4 and ROUGE-L of one predicted caption per image against its references.
+    """Corpus BLEU-1..4, ROUGE-L and CIDEr-D of one predicted caption per image against its references.
+
+    CIDEr-D takes its document frequencies from the references of the scored images,
+    as pycocoevalcap does, so scoring a subset changes every image's weights.
 
     Every predicted image must have references; images with references but no
     prediction are an error unless `allow_missing`, which scores the intersection.
@@ -108,4 +118,5 @@ def score_captions(
         rouge_l=corpus_rouge_l(candidates, reference_tokens),
         n_images=len(keys),
         tokenization=tokenization,
+        cider_d=corpus_cider_d(candidates, reference_tokens)[0],
     )

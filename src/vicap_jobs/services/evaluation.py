@@ -2,7 +2,7 @@
 
 An evaluate job is a caption job over the split's images (same chunks, same
 writer, so its captions are exportable like any other) followed by corpus
-BLEU-1..4 / ROUGE-L against the split's references.
+BLEU-1..4 / ROUGE-L / CIDEr-D against the split's references.
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ def _store_scores(
             bleu_3=scores.bleu_3,
             bleu_4=scores.bleu_4,
             rouge_l=scores.rouge_l,
+            cider_d=scores.cider_d,
             n_images=scores.n_images,
             is_baseline=is_baseline,
             source=source,
@@ -100,7 +101,9 @@ def _store_scores(
 
 
 def _scores_of(row: Evaluation) -> CaptionScores:
-    return CaptionScores(row.bleu_1, row.bleu_2, row.bleu_3, row.bleu_4, row.rouge_l, row.n_images, row.tokenization)
+    return CaptionScores(
+        row.bleu_1, row.bleu_2, row.bleu_3, row.bleu_4, row.rouge_l, row.n_images, row.tokenization, row.cider_d
+    )
 
 
 def ensure_baseline(
@@ -392,7 +395,13 @@ def _int_or_none(value: object) -> int | None:
 
 def _summary_line(result: EvaluationResult) -> str:
     s = result.scores
-    text = f"BLEU-4 {100 * s.bleu_4:.1f} ROUGE-L {100 * s.rouge_l:.1f} on {s.n_images} images"
+    text = f"BLEU-4 {100 * s.bleu_4:.1f} ROUGE-L {100 * s.rouge_l:.1f} CIDEr-D {_cider(s)} on {s.n_images} images"
     if result.baseline:
-        text += f" (blind baseline {100 * result.baseline.bleu_4:.1f} / {100 * result.baseline.rouge_l:.1f})"
+        b = result.baseline
+        text += f" (blind baseline {100 * b.bleu_4:.1f} / {100 * b.rouge_l:.1f} / {_cider(b)})"
     return text
+
+
+def _cider(scores: CaptionScores) -> str:
+    """CIDEr-D with 2 decimals (×10 scale, not a percentage), or "-" for scores stored before it existed."""
+    return "-" if scores.cider_d is None else f"{scores.cider_d:.2f}"

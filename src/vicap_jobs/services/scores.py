@@ -13,7 +13,10 @@ from vicap_jobs.db.tables import Dataset, Evaluation
 
 @dataclass(frozen=True)
 class ScoreRow:
-    """One line of ``vicap-jobs scores``; scores on a 0..1 scale."""
+    """One line of ``vicap-jobs scores``; BLEU and ROUGE-L on a 0..1 scale, CIDEr-D on its ×10 scale.
+
+    ``cider_d`` and ``baseline_cider_d`` are None for evaluations stored before CIDEr-D was computed.
+    """
 
     model: str | None
     family: str | None
@@ -25,9 +28,11 @@ class ScoreRow:
     bleu_3: float
     bleu_4: float
     rouge_l: float
+    cider_d: float | None
     n_images: int
     baseline_bleu_4: float | None
     baseline_rouge_l: float | None
+    baseline_cider_d: float | None
 
     @property
     def beats_baseline(self) -> bool | None:
@@ -38,8 +43,8 @@ class ScoreRow:
 
 LATEST_VS_BASELINE_SQL = """
 SELECT s.model_name, s.model_family, s.dataset_name, s.split, s.tokenization,
-       s.bleu_1, s.bleu_2, s.bleu_3, s.bleu_4, s.rouge_l, s.n_images,
-       b.bleu_4 AS baseline_bleu_4, b.rouge_l AS baseline_rouge_l
+       s.bleu_1, s.bleu_2, s.bleu_3, s.bleu_4, s.rouge_l, s.cider_d, s.n_images,
+       b.bleu_4 AS baseline_bleu_4, b.rouge_l AS baseline_rouge_l, b.cider_d AS baseline_cider_d
 FROM latest_scores AS s
 LEFT JOIN latest_scores AS b
        ON b.is_baseline AND b.dataset_id = s.dataset_id AND b.split = s.split AND b.tokenization = s.tokenization
@@ -56,14 +61,22 @@ def latest_scores(*, db: Engine, dataset: str | None = None, model: str | None =
     return [r for r in result if (dataset is None or r.dataset == dataset) and (model is None or r.model == model)]
 
 
-def baselines(*, db: Engine) -> list[tuple[str, str, str, float, float, int]]:
-    """(data set, split, tokenization, BLEU-4, ROUGE-L, n_images) of the newest blind baselines."""
+def baselines(*, db: Engine) -> list[tuple[str, str, str, float, float, float | None, int]]:
+    """(data set, split, tokenization, BLEU-4, ROUGE-L, CIDEr-D or None, n_images) of the newest blind baselines."""
     with session_scope(db) as session:
         return [
-            (str(row[0]), str(row[1]), str(row[2]), float(row[3]), float(row[4]), int(row[5]))
+            (
+                str(row[0]),
+                str(row[1]),
+                str(row[2]),
+                float(row[3]),
+                float(row[4]),
+                None if row[5] is None else float(row[5]),
+                int(row[6]),
+            )
             for row in session.execute(
                 text(
-                    "SELECT dataset_name, split, tokenization, bleu_4, rouge_l, n_images FROM latest_scores "
+                    "SELECT dataset_name, split, tokenization, bleu_4, rouge_l, cider_d, n_images FROM latest_scores "
                     "WHERE is_baseline ORDER BY dataset_name, split"
                 )
             ).all()
