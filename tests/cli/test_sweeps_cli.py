@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ def test_submit_sweep_queues_one_message_per_run_and_sweeps_show_tabulates_them(
     assert len(lines) == 3 and lines[-1].lstrip("│ ").startswith("blind baseline")
     for line in lines[:2]:
         assert "2/2" in line and line.count("±") >= 5  # BLEU-1..4, ROUGE-L (and the other columns)
-        assert "–" in line  # CIDEr-D not computed yet on this branch: shown as a dash
+        assert re.search(r"│ \d+\.\d\d ± \d+\.\d\d +│", line), line  # CIDEr-D on its own scale, two decimals
     assert table.output.count("below baseline") == sum(1 for line in lines[:2] if "below baseline" in line)
 
     raw = invoke("sweeps", "show", "cl", "--format", "csv")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable, Sequence
 
@@ -29,11 +30,21 @@ def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequen
     table = Table(title=title, show_lines=False, title_justify="left")
     materialized = [list(r) for r in rows]
     for i, name in enumerate(columns):
-        numeric = bool(materialized) and all(isinstance(r[i], int | float) or r[i] is None for r in materialized)
+        numeric = bool(materialized) and all(_numeric(r[i]) for r in materialized)
         table.add_column(name, justify="right" if numeric else "left")
     for row in materialized:
         table.add_row(*(_fmt(v) for v in row))
     console.print(table)
+
+
+NUMBER_TEXT = re.compile(r"[-+]?[\d,]*\.?\d+( ± [\d.]+)?%?|–|-")
+"""Text that is a number to the reader ("0.54", "81.9 ± 1.5", "12%", a dash for none): right-aligned too."""
+
+
+def _numeric(value: object) -> bool:
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return True
+    return isinstance(value, str) and NUMBER_TEXT.fullmatch(value.strip()) is not None
 
 
 def _fmt(value: object) -> str:

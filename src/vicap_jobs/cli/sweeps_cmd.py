@@ -90,6 +90,11 @@ def retry(name: str) -> None:
     console.print(f"sweep {name} (job {parent_id}): {len(run_ids)} failed run(s) re-queued: jobs {run_ids}")
 
 
+def _metric(name: str, stat: Stat | None) -> str:
+    """BLEU and ROUGE-L ×100 with one decimal; CIDEr-D on its own scale (pycocoevalcap's, ×10) with two."""
+    return _plain(stat, 2) if name == "cider_d" else _score(stat)
+
+
 def _score(stat: Stat | None) -> str:
     if stat is None:
         return MISSING
@@ -114,7 +119,7 @@ def _print_report(report: SweepReport) -> None:
             [
                 point.label,
                 f"{point.succeeded}/{point.runs}",
-                *(_score(stats[m]) for m in METRICS),
+                *(_metric(m, stats[m]) for m in METRICS),
                 _plain(stats["best_epoch"], 1),
                 _plain(stats["val_loss"], 3),
                 _plain(stats["train_seconds"], 0),
@@ -127,7 +132,10 @@ def _print_report(report: SweepReport) -> None:
             [
                 "blind baseline",
                 "",
-                *(MISSING if report.baseline[m] is None else f"{100 * (report.baseline[m] or 0):.1f}" for m in METRICS),
+                *(
+                    _metric(m, None if report.baseline[m] is None else Stat(report.baseline[m] or 0.0, 0.0, 1))
+                    for m in METRICS
+                ),
                 "",
                 "",
                 "",
