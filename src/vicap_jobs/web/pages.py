@@ -24,6 +24,7 @@ from vicap_jobs.services.comparison import SORTS, compare_jobs, compare_models
 from vicap_jobs.services.gallery import THUMBNAIL_SIZES, job_gallery, model_samples, thumbnail_file
 from vicap_jobs.services.models import list_models, resolve_model
 from vicap_jobs.services.scores import ScorePoint, latest_scores, score_history
+from vicap_jobs.services.sweeps import METRICS, sweep_names, sweep_report
 from vicap_jobs.services.workers import list_workers
 from vicap_jobs.web import actions, auth
 from vicap_jobs.web.api import FORMATS, export_response
@@ -34,6 +35,14 @@ from vicap_jobs.web.views import duration, job_json
 
 router = APIRouter(include_in_schema=False)
 DASHBOARD_JOBS = 30
+METRIC_NAMES = {
+    "bleu_1": "BLEU-1",
+    "bleu_2": "BLEU-2",
+    "bleu_3": "BLEU-3",
+    "bleu_4": "BLEU-4",
+    "rouge_l": "ROUGE-L",
+    "cider_d": "CIDEr-D",
+}
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -146,6 +155,21 @@ def _history_chart(history: list[ScorePoint]) -> Markup:
         series.append(Series(f"BLEU-4 {label}", [(p.created_at, p.bleu_4) for p in points]))
         series.append(Series(f"ROUGE-L {label}", [(p.created_at, p.rouge_l) for p in points], dashed=True))
     return line_chart(series, title="BLEU-4 and ROUGE-L over time")
+
+
+@router.get("/sweeps", response_class=HTMLResponse)
+def sweeps_page(request: Request) -> HTMLResponse:
+    """Every sweep with its progress; each links to its table."""
+    state = state_of(request)
+    reports = [sweep_report(db=state.db, name=name) for name in sweep_names(db=state.db)]
+    return render(request, "sweeps.html", reports=reports)
+
+
+@router.get("/sweeps/{name}", response_class=HTMLResponse)
+def sweep_page(request: Request, name: str) -> HTMLResponse:
+    """The table of ``vicap-jobs sweeps show``: mean ± std per grid point beside the blind baseline, then every run."""
+    report = sweep_report(db=state_of(request).db, name=name)
+    return render(request, "sweep.html", report=report, metrics=METRICS, names=METRIC_NAMES)
 
 
 @router.get("/compare", response_class=HTMLResponse)
