@@ -97,13 +97,6 @@ def train_references(encoded: EncodedCaptions) -> dict[int, list[list[int]]]:
     return {row: [encoded.ids[i][1:-1] for i in captions] for row, captions in enumerate(encoded.captions_of_image)}
 
 
-class SplitLike(Protocol):
-    """What the SCST phase reads of a split (``training.lstm._Split``)."""
-
-    @property
-    def encoded(self) -> EncodedCaptions: ...
-
-
 class ScstTrainer(Protocol):
     """What the SCST phase needs of a family trainer (``training.lstm.LSTMEpochs``)."""
 
