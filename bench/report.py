@@ -201,6 +201,32 @@ def overlap(data: dict[str, Any]) -> list[str]:
     ]
 
 
+def scst(data: dict[str, Any]) -> list[str]:
+    setup, stats = data["setup"], data["test_cider_d"]
+    total = setup["ce_epochs"] + setup["scst_epochs"]
+    names = {"ce": "CE", "long_ce": f"CE for {total} epochs"}
+    names.update({f"scst_{b}": f"CE + SCST ({b} baseline)" for b in setup["scst_baselines"]})
+    groups = [g for g in names if g in stats]
+    rows = [[run["seed"], *(run[g]["cider_d"] for g in groups)] for run in data["runs"]]
+    verdict = "exceeds" if data["gain_exceeds_ce_spread"] else "does **not** exceed"
+    return [
+        f"cnn-lstm on viic-synth ({setup['train_images']} train / {setup['val_images']} val / "
+        f"{setup['test_images']} test images, {setup['image_size']} px, {setup['backbone']}): "
+        f"{setup['ce_epochs']} CE epochs, then {setup['scst_epochs']} SCST epochs ({setup['scst_samples']} samples, "
+        f"lr {setup['scst_lr']:g}, best epoch by validation CIDEr-D); test CIDEr-D of greedy captions.",
+        "",
+        *table(["seed", *(names[g] for g in groups)], rows),
+        "",
+        *table(
+            ["group", "mean", "std", "spread (max - min)"],
+            [[names[g], stats[g]["mean"], stats[g]["std"], stats[g]["spread"]] for g in groups],
+        ),
+        "",
+        f"{names[data['gain_of']]} minus CE, means: {data['gain']:+.3f}; it {verdict} the spread of the CE seeds "
+        f"({stats['ce']['spread']:.3f}).",
+    ]
+
+
 SUMMARIES: dict[str, Summary] = {
     "bulk_caption": bulk_caption,
     "scale": scale,
@@ -210,6 +236,7 @@ SUMMARIES: dict[str, Summary] = {
     "queue_overhead": queue_overhead,
     "worker_rss": worker_rss,
     "overlap": overlap,
+    "scst": scst,
 }
 
 

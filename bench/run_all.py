@@ -48,6 +48,11 @@ BENCHMARKS: dict[str, tuple[list[str], str]] = {
         ["overlap.py"],
         "near-duplicate recall/precision per threshold on drawn scenes, and the Hamming index vs all pairs up to 100k",
     ),
+    "scst": (
+        ["scst.py"],
+        "test CIDEr-D of cross-entropy training vs cross-entropy then self-critical sequence training, 3 seeds, "
+        "with a control trained by cross-entropy for as many epochs",
+    ),
     "worker_rss": (
         ["worker_rss.py", "--images", "5000"],
         "worker memory while captioning 5,000 images (must stay flat)",

@@ -10,7 +10,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from vicap_jobs.errors import InputError
-from vicap_jobs.models.decoding import beam_search, greedy_decode, length_penalty_factor
+from vicap_jobs.models.decoding import (
+    beam_search,
+    greedy_decode,
+    length_penalty_factor,
+    sample_decode,
+    sampled_captions,
+)
 from vicap_jobs.models.registry import get_family
 
 BOS, EOS = 1, 2
@@ -578,3 +584,60 @@ def test_banned_tokens_are_never_emitted() -> None:
     banned = ban_tokens(prefers_pad, (0, 1))
     assert greedy_decode(banned, state, batch_size=2, bos_id=1, eos_id=2, max_len=5) == [[4, 4, 4, 4, 4]] * 2
     assert beam_search(banned, state, batch_size=2, beam_size=2, max_len=5, bos_id=1, eos_id=2)[0][0] == 4
+
+
+def draw(table: dict[int, dict[int, float]], batch: int, seed: int, max_len: int = 10):  # noqa: ANN201
+    """`sample_decode` on a table step function with a seeded generator."""
+    generator = torch.Generator().manual_seed(seed)
+    return sample_decode(
+        table_step(table), start_state(batch), batch_size=batch, bos_id=BOS, eos_id=EOS, max_len=max_len,
+        generator=generator,
+    )  # fmt: skip
+
+
+def test_sampling_shapes_mask_and_log_probs_follow_each_drawn_caption() -> None:
+    """Tokens, log-probs and mask are (B, T); the mask ends at the row's EOS; summed log-probs are the caption's."""
+    tokens, log_probs, mask = draw(MYOPIC, batch=64, seed=0)
+    assert tokens.shape == log_probs.shape == mask.shape and tokens.shape[0] == 64 and tokens.shape[1] <= 10
+    assert tokens.dtype == torch.long and mask.dtype == torch.bool
+    captions = sampled_captions(tokens, EOS)
+    for row, ids in enumerate(captions):
+        assert EOS not in ids
+        assert mask[row].tolist() == [True] * (len(ids) + 1) + [False] * (tokens.shape[1] - len(ids) - 1)
+        assert tokens[row, len(ids) :].eq(EOS).all()  # EOS, then EOS repeated
+        assert float((log_probs[row] * mask[row]).sum()) == pytest.approx(sequence_log_prob(MYOPIC, ids), abs=1e-5)
+    assert {tuple(ids) for ids in captions} > {(3, 5), (4,)}  # not just the greedy caption
+
+
+def test_sampling_draws_from_the_softmax() -> None:
+    """First tokens follow the decoder's probabilities (0.6 / 0.4) over many draws."""
+    tokens, _, _ = draw(MYOPIC, batch=4000, seed=1)
+    assert float(tokens[:, 0].eq(3).float().mean()) == pytest.approx(0.6, abs=0.03)
+    after_3 = tokens[tokens[:, 0] == 3, 1]
+    assert float(after_3.eq(EOS).float().mean()) == pytest.approx(0.2, abs=0.03)
+
+
+def test_sampling_is_repeatable_with_a_seeded_generator() -> None:
+    """The same seed draws the same captions; another seed draws others."""
+    first, again, other = (draw(MYOPIC, batch=32, seed=seed)[0] for seed in (7, 7, 8))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_sampling_stops_at_max_len_without_eos_and_keeps_the_graph() -> None:
+    """A row cut at max_len keeps every position; log-probs of a real model carry gradients."""
+    loop = {BOS: {3: 1.0}, 3: {3: 0.9, EOS: 0.1}}
+    tokens, _, mask = draw(loop, batch=200, seed=0, max_len=4)
+    cut = [row for row, ids in enumerate(sampled_captions(tokens, EOS)) if len(ids) == 4]
+    assert cut and all(mask[row].all() for row in cut) and tokens.shape[1] == 4
+    model = tiny_model("cnn-lstm")
+    features = torch.randn(3, 128, 2, 2)
+    _, log_probs, mask = sample_decode(
+        model.step, model.start(features), batch_size=3, bos_id=BOS, eos_id=EOS, max_len=6
+    )
+    (log_probs * mask).sum().backward()
+    assert model.output.weight.grad is not None and model.output.weight.grad.abs().sum() > 0
+
+
+def test_sampling_rejects_invalid_arguments() -> None:
+    with pytest.raises(InputError):
+        sample_decode(table_step(MYOPIC), start_state(1), batch_size=1, bos_id=BOS, eos_id=EOS, max_len=0)

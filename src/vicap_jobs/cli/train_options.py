@@ -32,6 +32,13 @@ BACKBONE_ONLY = {
     "backbone_weights": "--backbone-weights",
     "weights": "--pretrained/--random-init",
 }
+# Self-critical training options: only the CNN+LSTM trainer can sample captions for now.
+SCST_ONLY = {
+    "scst_epochs": "--scst-epochs",
+    "scst_samples": "--scst-samples",
+    "scst_baseline": "--scst-baseline",
+    "scst_lr": "--scst-lr",
+}
 PRETRAINED_ONLY = {
     **FOLDER_FLAGS,
     "tokenizer": "--tokenizer",
@@ -127,6 +134,27 @@ def train_arguments(command: Callable[..., Any]) -> Callable[..., Any]:
             help="Train the image encoder or freeze it (features cached once). Default: CNN+LSTM frozen with "
             "pretrained weights, fine-tuned with --random-init; vision-language families: the family's default.",
         ),
+        click.option(
+            "--scst-epochs",
+            type=click.IntRange(0),
+            help="CNN+LSTM families: after cross-entropy, N epochs of self-critical sequence training (reward: "
+            "CIDEr-D of sampled captions against the train references; the best epoch by validation CIDEr-D is kept; "
+            "default 0: off). Example: vicap-jobs train synth-scst --family cnn-lstm --dataset viic-synth "
+            "--frozen-backbone --scst-epochs 6",
+        ),
+        click.option(
+            "--scst-samples", type=click.IntRange(2), help="SCST: captions sampled per image and step (default 5)."
+        ),
+        click.option(
+            "--scst-baseline",
+            type=click.Choice(["greedy", "mean"]),
+            help="SCST baseline: the greedy caption's reward (default) or the mean reward of the other samples.",
+        ),
+        click.option(
+            "--scst-lr",
+            type=click.FloatRange(min=0, min_open=True),
+            help="SCST constant learning rate (default 1e-3, for the tiny demo; ~5e-5 for pretrained backbones).",
+        ),
         click.option("--device", default=None, help="cpu, cuda, cuda:N (default cpu)."),
     ]
     for decorator in reversed(decorators):
@@ -145,6 +173,11 @@ def options_from_cli(values: dict[str, Any]) -> tuple[str, str, str, dict[str, A
     name, family, dataset = values.pop("name"), values.pop("family"), values.pop("dataset")
     spec = get_family(family)
     if spec.pretrained:
+        scst = [flag for key, flag in SCST_ONLY.items() if values.get(key) not in (None, 0)]
+        if scst:
+            raise click.UsageError(f"SCST ({', '.join(scst)}) is not available for the {family} family yet")
+        for key in SCST_ONLY:
+            values.pop(key, None)
         _refuse(values, BACKBONE_ONLY, family, "the vision-language family")
         return name, family, dataset, _pretrained_options(values, spec.inputs, family)
     _refuse(values, PRETRAINED_ONLY, family, "the backbone family")

@@ -1,4 +1,4 @@
-"""Greedy and beam search, written once for every step-wise decoder and every backend.
+"""Greedy and beam search (and sampling, for self-critical training), written once for every decoder and backend.
 
 A decoder is a ``step_fn(tokens (B,) long, state) -> (logits (B, V), state)``
 over torch tensors, where ``state`` is a tuple of batch-first tensors: a torch
@@ -172,3 +172,47 @@ def beam_search(
                     closed[b].append((score / length_penalty_factor(len(sequences[j]), length_penalty), sequences[j]))
         results.append(max(closed[b], key=lambda hyp: hyp[0])[1] if closed[b] else [])  # first best wins ties
     return results
+
+
+def sample_decode(
+    step_fn: StepFn,
+    state: DecoderState,
+    *,
+    batch_size: int,
+    bos_id: int,
+    eos_id: int,
+    max_len: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw one caption per row from the decoder's softmax (multinomial); at most ``max_len`` steps (EOS included).
+
+    Unlike the searches it keeps the autograd graph, for self-critical training.
+    Returns ``tokens`` (B, T) long (EOS repeated after a row's EOS), ``log_probs``
+    (B, T) of the drawn tokens and ``mask`` (B, T) bool: True up to and including
+    the row's EOS, False after it. ``generator`` (on the state's device) makes draws repeatable.
+    """
+    _check(batch_size, max_len)
+    device = state[0].device
+    tokens = torch.full((batch_size,), bos_id, dtype=torch.long, device=device)
+    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    drawn: list[torch.Tensor] = []
+    chosen: list[torch.Tensor] = []
+    alive: list[torch.Tensor] = []
+    for _ in range(max_len):
+        logits, state = step_fn(tokens, state)
+        log_probs = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
+        with torch.no_grad():
+            picked = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(1)  # (B,)
+        tokens = picked.masked_fill(finished, eos_id)
+        alive.append(~finished)
+        drawn.append(tokens)
+        chosen.append(log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1))  # (B,)
+        finished = finished | (tokens == eos_id)
+        if bool(finished.all()):
+            break
+    return torch.stack(drawn, dim=1), torch.stack(chosen, dim=1), torch.stack(alive, dim=1)
+
+
+def sampled_captions(tokens: torch.Tensor, eos_id: int) -> list[list[int]]:
+    """The ids of each row of ``sample_decode``'s tokens (B, T), without the EOS and what follows it."""
+    return [_strip_eos(row, eos_id) for row in tokens.tolist()]

@@ -7,7 +7,8 @@ forcing over whole captions with PAD masked (`training.batches`), batches drawn
 over captions. Everything else (optimizer, lr schedule, early stopping on
 validation loss or greedy-caption BLEU-4, the best epoch kept as a checkpoint
 written to a temporary folder and renamed, progress) is the family-agnostic
-loop of `training.loop`.
+loop of `training.loop`. With ``scst_epochs`` > 0, self-critical fine-tuning
+(`training.scst`) follows and keeps the best epoch by validation CIDEr-D.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from vicap_jobs.training.loop import (
     validation_scores,
 )
 from vicap_jobs.training.options import TrainOptions, TrainProgress, TrainResult
+from vicap_jobs.training.scst import run_scst
 
 PIXEL_MEMORY_BUDGET = 1 << 30  # when fine-tuning, keep decoded pixels in memory below this many bytes
 # TrainOptions fields that set the CNN+LSTM config fields of the same name (None: the family's default).
@@ -271,8 +273,20 @@ def train_lstm(
         )
         epochs.attach_inputs(cache_dir, dataset_key)
         torch.manual_seed(options.seed + 1)  # the loop's randomness does not depend on cache hits
-        return run_epochs(
+        result = run_epochs(
             epochs,
+            family=family,
+            options=options,
+            out_dir=out_dir,
+            dataset_key=dataset_key,
+            started=started,
+            on_progress=on_progress,
+        )
+        if options.scst_epochs == 0:
+            return result
+        return run_scst(  # self-critical fine-tuning of the best cross-entropy epoch (now in `model`)
+            epochs,
+            result,
             family=family,
             options=options,
             out_dir=out_dir,

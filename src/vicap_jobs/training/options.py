@@ -19,6 +19,8 @@ EarlyStopOn = Literal["val_loss", "val_bleu4"]
 EARLY_STOP_ON: tuple[EarlyStopOn, ...] = ("val_loss", "val_bleu4")
 LrSchedule = Literal["constant", "wsd"]
 LR_SCHEDULES: tuple[LrSchedule, ...] = ("constant", "wsd")
+ScstBaseline = Literal["greedy", "mean"]
+SCST_BASELINES: tuple[ScstBaseline, ...] = ("greedy", "mean")
 
 
 @dataclass
@@ -71,7 +73,15 @@ class TrainOptions:
     tokenizer: str | None = None
     tokenizer_vocab_size: int = 8000
     grad_accum: int = 1
-    decode_max_len: int = 24  # greedy decoding length for validation BLEU-4
+    decode_max_len: int = 24  # greedy decoding length for validation BLEU-4 (and SCST sampling)
+    # Self-critical sequence training (training/scst.py, CNN+LSTM families): after cross-entropy,
+    # `scst_epochs` epochs of REINFORCE with CIDEr-D rewards on `scst_samples` sampled captions per
+    # image, baseline the greedy caption's reward ("greedy") or the other samples' mean ("mean"),
+    # at the constant learning rate `scst_lr`; the best epoch by validation CIDEr-D is kept.
+    scst_epochs: int = 0
+    scst_samples: int = 5
+    scst_baseline: ScstBaseline = "greedy"
+    scst_lr: float = 1e-3  # tuned on the tiny demo, like `lr`; ~5e-5 suits a pretrained backbone
     eval_batch_size: int = 64
     feature_batch_size: int = 32
     device: str = "cpu"
@@ -83,6 +93,13 @@ class TrainOptions:
         parse_device(self.device)
         if self.early_stop_on not in EARLY_STOP_ON:
             raise UnknownNameError("early-stopping metric", str(self.early_stop_on), EARLY_STOP_ON)
+        if self.scst_baseline not in SCST_BASELINES:
+            raise UnknownNameError("SCST baseline", str(self.scst_baseline), SCST_BASELINES)
+        if self.scst_epochs < 0 or self.scst_samples < 2 or not self.scst_lr > 0:
+            raise InputError(
+                "TrainOptions.scst_epochs must be non-negative, scst_samples at least 2 and scst_lr positive, got "
+                f"{self.scst_epochs}, {self.scst_samples}, {self.scst_lr}"
+            )
         if self.lr_schedule not in LR_SCHEDULES:
             raise UnknownNameError("learning-rate schedule", str(self.lr_schedule), LR_SCHEDULES)
         if self.warmup_steps < 0:
@@ -138,6 +155,12 @@ class TrainProgress:
     elapsed: float  # seconds since training started
     best_epoch: int
     improved: bool
+    # Self-critical epochs only (None during cross-entropy): mean CIDEr-D reward of the sampled and of the
+    # greedy captions on train, and the validation CIDEr-D of greedy captions that picks the best epoch.
+    phase: Literal["xe", "scst"] = "xe"
+    mean_reward: float | None = None
+    greedy_reward: float | None = None
+    val_cider_d: float | None = None
 
 
 @dataclass(frozen=True)
