@@ -9,7 +9,9 @@ from vicap_jobs.settings import get_settings
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; off this machine needs VICAP_WEB_TOKEN.")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to bind; off this machine needs VICAP_WEB_TOKEN."
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 def web(host: str, port: int) -> None:
     """Serve the web view (dashboard, job galleries, models, compare, try it) and the JSON API.
@@ -29,5 +31,7 @@ def web(host: str, port: int) -> None:
     from vicap_jobs.web.server import serve  # imports FastAPI, uvicorn and the engines: only for this command
 
     check_bind(host, get_settings().web_token)  # refuse before saying anything about serving
-    err_console.print(f"vicap-jobs web view on http://{'[' + host + ']' if ':' in host else host}:{port}/ (Ctrl-C stops it)")
+    err_console.print(
+        f"vicap-jobs web view on http://{'[' + host + ']' if ':' in host else host}:{port}/ (Ctrl-C stops it)"
+    )
     serve(host=host, port=port)

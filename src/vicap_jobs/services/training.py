@@ -29,7 +29,7 @@ from vicap_jobs.services.datasets import get_dataset, load_samples
 from vicap_jobs.services.models import ensure_name_free, register_model
 from vicap_jobs.services.runs import JobOutcome, raise_unless_succeeded, run_job
 from vicap_jobs.settings import get_settings
-from vicap_jobs.training.options import TrainOptions
+from vicap_jobs.training.options import TrainOptions, TrainProgress
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +103,7 @@ def run_training(ctx: RunContext) -> str:
         cache_dir=settings.cache_dir / "features",
         dataset_key=params.dataset,
         on_progress=lambda p: ctx.report(
-            done=p.epoch,
-            total=p.epochs,
-            message=f"epoch {p.epoch}/{p.epochs} train loss {p.train_loss:.3f} val loss {p.val_loss:.3f} "
-            f"val BLEU-4 {100 * p.val_bleu4:.1f} ROUGE-L {100 * p.val_rouge_l:.1f}",
+            done=p.epoch, total=options.epochs + options.scst_epochs, message=progress_line(p)
         ),
     )
     spec = get_family(params.family)
@@ -135,6 +132,19 @@ def run_training(ctx: RunContext) -> str:
 def train_in_process(*, db: Engine, job_id: int) -> JobOutcome:
     """Run a queued train job here (``vicap-jobs train``), with a progress bar; a failure is one error line."""
     return raise_unless_succeeded(run_job(db=db, job_id=job_id, in_process=True))
+
+
+def progress_line(p: TrainProgress) -> str:
+    """A job's progress message after an epoch: losses and validation scores, and the rewards in self-critical epochs."""
+    line = (
+        f"epoch {p.epoch}/{p.epochs} train loss {p.train_loss:.3f} val loss {p.val_loss:.3f} "
+        f"val BLEU-4 {100 * p.val_bleu4:.1f} ROUGE-L {100 * p.val_rouge_l:.1f}"
+    )
+    if p.phase == "scst":
+        line += f" · SCST reward {p.mean_reward or 0:.3f} (greedy {p.greedy_reward or 0:.3f})"
+        if p.val_cider_d is not None:
+            line += f" val CIDEr-D {p.val_cider_d:.3f}"
+    return line
 
 
 def _ensure_still_free(db: Engine, name: str, job_id: int) -> None:

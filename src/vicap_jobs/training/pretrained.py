@@ -336,6 +336,8 @@ def check_pretrained_options(family: str, options: TrainOptions) -> Any:
     """
     spec = get_family(family)
     options.validate()
+    if options.scst_epochs:
+        raise InputError(f"SCST (--scst-epochs) is not available for the {family} family yet")
     inputs = _check_inputs(spec.config_cls, options, family)
     for name, hint in spec.inputs.items():
         pretrained_dir(
