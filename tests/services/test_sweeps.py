@@ -22,7 +22,8 @@ from vicap_jobs.services import sweeps
 from vicap_jobs.services.datasets import create_synth_dataset
 from vicap_jobs.services.models import promote_model, resolve_model
 from vicap_jobs.services.runs import run_job
-from vicap_jobs.services.sweeps import SweepPlan, create_sweep, parse_grid, plan_sweep, run_name, sweep_report
+from vicap_jobs.services.sweep_reports import sweep_report
+from vicap_jobs.services.sweeps import SweepPlan, create_sweep, parse_grid, plan_sweep, run_name
 from vicap_jobs.settings import get_settings, reset_settings
 
 # A model that trains in about a second on 2 CPU cores (the synthetic set at 32 px).

@@ -10,7 +10,8 @@ import click
 
 from vicap_jobs.cli.common import console, open_store, print_table
 from vicap_jobs.errors import NotFoundError
-from vicap_jobs.services.sweeps import METRICS, Stat, SweepReport, find_sweep_id, run_rows, sweep_report
+from vicap_jobs.services.sweep_reports import Stat, SweepReport, run_rows, sweep_report
+from vicap_jobs.services.sweeps import METRICS, find_sweep_id
 
 NAMES = {"bleu_1": "BLEU-1", "bleu_2": "BLEU-2", "bleu_3": "BLEU-3", "bleu_4": "BLEU-4", "rouge_l": "ROUGE-L"}
 NAMES["cider_d"] = "CIDEr-D"

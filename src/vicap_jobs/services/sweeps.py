@@ -21,6 +21,8 @@ Design (built only from existing mechanisms):
 - ``jobs cancel PARENT`` cancels every open descendant (``jobs.lifecycle.cancel_job``); a running run
   stops after its current step (training, or one evaluation). ``jobs retry PARENT`` re-queues only the
   failed runs (``jobs.lifecycle.retry_job``).
+
+Reading a sweep back (the ``sweeps show`` table) is ``services/sweep_reports.py``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import itertools
 import json
 import math
 import re
-import statistics
 import struct
 import time
 from collections.abc import Mapping, Sequence
@@ -45,16 +46,15 @@ from sqlalchemy.orm import Session
 from vicap_jobs.db.base import utcnow
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.status import FINISHED_JOB, JobStatus
-from vicap_jobs.db.tables import Evaluation, Job, Model
-from vicap_jobs.errors import InputError, NotFoundError, VicapError
+from vicap_jobs.db.tables import Job, Model
+from vicap_jobs.errors import InputError, VicapError
 from vicap_jobs.jobs.context import RunContext
 from vicap_jobs.jobs.kinds import JobFailed
 from vicap_jobs.jobs.lifecycle import beat_job, create_job, fail_job, start_job, succeed_job
 from vicap_jobs.jobs.params import SweepParams, SweepTrainParams
-from vicap_jobs.models.manifest import read_manifest
 from vicap_jobs.models.registry import get_family
 from vicap_jobs.services.datasets import get_dataset, split_references
-from vicap_jobs.services.evaluation import create_evaluate_job, ensure_baseline
+from vicap_jobs.services.evaluation import create_evaluate_job
 from vicap_jobs.services.models import ensure_name_free
 from vicap_jobs.services.runs import run_job
 from vicap_jobs.services.training import PRETRAINED_PATIENCE, run_training, train_options
@@ -151,9 +151,9 @@ def plan_sweep(
         try:
             train_options({**options, **point}, check_device=False).validate()
         except VicapError as exc:
-            raise InputError(f"grid point {_point_label(point)}: {exc}") from None
+            raise InputError(f"grid point {point_label(point)}: {exc}") from None
         except (TypeError, ValueError) as exc:
-            raise InputError(f"grid point {_point_label(point)}: {exc}") from None
+            raise InputError(f"grid point {point_label(point)}: {exc}") from None
     runs = [
         (run_name(name, point, repeat), point, repeat, seed_list[repeat - 1])
         for point in points
@@ -191,7 +191,7 @@ def format_value(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", str(value))
 
 
-def _point_label(point: Mapping[str, Any]) -> str:
+def point_label(point: Mapping[str, Any]) -> str:
     return " ".join(f"{key}={format_value(value)}" for key, value in point.items())
 
 
@@ -442,7 +442,7 @@ def _settle(session: Session, parent_id: int) -> None:
     )
 
 
-# -- reading ------------------------------------------------------------------------------------------
+# -- helpers of runs and retries ------------------------------------------------------------------------
 
 
 def trainable_parameters(artifact_dir: Path, *, frozen_backbone: bool = False) -> int:
@@ -457,184 +457,6 @@ def trainable_parameters(artifact_dir: Path, *, frozen_backbone: bool = False) -
                 continue
             total += math.prod(entry.get("shape") or [1])
     return total
-
-
-@dataclass(frozen=True)
-class SweepRun:
-    """One run of a sweep, as ``sweeps show --format csv|json`` lists it; scores on a 0..1 scale, test split."""
-
-    job_id: int
-    model: str
-    point: dict[str, Any]
-    repeat: int
-    seed: int
-    status: str
-    bleu_1: float | None = None
-    bleu_2: float | None = None
-    bleu_3: float | None = None
-    bleu_4: float | None = None
-    rouge_l: float | None = None
-    cider_d: float | None = None
-    best_epoch: int | None = None
-    val_loss: float | None = None
-    train_seconds: float | None = None
-    trainable_parameters: int | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class Stat:
-    """Mean and sample standard deviation over the repeats that have the value."""
-
-    mean: float
-    std: float
-    n: int
-
-
-@dataclass(frozen=True)
-class SweepPoint:
-    """One row of ``sweeps show``: a grid point over its repeats."""
-
-    point: dict[str, Any]
-    runs: int
-    succeeded: int
-    stats: dict[str, Stat | None]  # metric or column → stat, None when no run has it
-    beats_baseline: bool  # mean BLEU-4 and ROUGE-L above the blind baseline's, every run scored
-
-    @property
-    def label(self) -> str:
-        return _point_label(self.point)
-
-
-@dataclass(frozen=True)
-class SweepReport:
-    name: str
-    job_id: int
-    status: str
-    done: int
-    total: int
-    dataset: str
-    runs: list[SweepRun]
-    points: list[SweepPoint]
-    baseline: dict[str, float | None] | None  # metric → blind baseline on test
-
-
-def _stat(values: list[float | None]) -> Stat | None:
-    present = [float(v) for v in values if v is not None]
-    if not present:
-        return None
-    return Stat(statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else 0.0, len(present))
-
-
-def sweep_report(*, db: Engine, name: str) -> SweepReport:
-    """The sweep's runs with their test scores, and one row per grid point (mean ± std over repeats)."""
-    parent_id = find_sweep_id(db=db, name=name)
-    if parent_id is None:
-        known = sweep_names(db=db)
-        raise NotFoundError(f"no sweep named {name!r}" + (f"; sweeps: {', '.join(known)}" if known else ""))
-    settle_sweep(db=db, parent_id=parent_id)
-    with session_scope(db) as session:
-        parent = session.get(Job, parent_id)
-        assert parent is not None
-        params = SweepParams.model_validate(parent.params)
-        children = session.scalars(select(Job).where(Job.parent_id == parent_id).order_by(Job.id)).all()
-        runs = [_run_row(session, child) for child in children]
-        status, done, total, dataset_id = parent.status, parent.done, parent.total, parent.dataset_id
-    baseline = None
-    if dataset_id is not None:
-        tokenization = str(params.options.get("tokenization") or "syllable")
-        found = ensure_baseline(db=db, dataset_id=dataset_id, split="test", tokenization=tokenization)
-        if found is not None:
-            baseline = {metric: getattr(found[0], metric, None) for metric in METRICS}
-    points: list[SweepPoint] = []
-    for point in _points(params):
-        mine = [run for run in runs if _same_point(run.point, point)]
-        stats = {
-            column: _stat([getattr(run, column) for run in mine])
-            for column in (*METRICS, "best_epoch", "val_loss", "train_seconds", "trainable_parameters")
-        }
-        scored = all(run.bleu_4 is not None for run in mine)
-        b4, rl = stats["bleu_4"], stats["rouge_l"]
-        beats = bool(
-            scored
-            and baseline is not None
-            and b4 is not None
-            and rl is not None
-            and b4.mean > (baseline["bleu_4"] or 0.0)
-            and rl.mean > (baseline["rouge_l"] or 0.0)
-        )
-        points.append(
-            SweepPoint(
-                point=point,
-                runs=len(mine),
-                succeeded=sum(run.status == JobStatus.SUCCEEDED for run in mine),
-                stats=stats,
-                beats_baseline=beats,
-            )
-        )
-    return SweepReport(name, parent_id, status, done, total, params.dataset, runs, points, baseline)
-
-
-def _points(params: SweepParams) -> list[dict[str, Any]]:
-    keys = list(params.grid)
-    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(params.grid[k] for k in keys))]
-
-
-def _same_point(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    return a.keys() == b.keys() and all(a[k] == b[k] for k in a)
-
-
-def _run_row(session: Session, child: Job) -> SweepRun:
-    params = SweepTrainParams.model_validate(child.params)
-    base: dict[str, Any] = {
-        "job_id": child.id,
-        "model": params.name,
-        "point": params.point,
-        "repeat": params.repeat,
-        "seed": params.seed,
-        "status": child.status,
-        "error": child.error,
-    }
-    model = session.scalar(select(Model).where(Model.name == params.name, Model.trained_by_job_id == child.id))
-    if model is None:
-        return SweepRun(**base)
-    evaluation = session.scalar(
-        select(Evaluation)
-        .where(Evaluation.model_id == model.id, Evaluation.split == "test", Evaluation.is_baseline.is_(False))
-        .order_by(Evaluation.created_at.desc(), Evaluation.id.desc())
-        .limit(1)
-    )
-    if evaluation is not None:
-        base.update({metric: getattr(evaluation, metric, None) for metric in METRICS})
-    folder = Path(model.artifact_dir)
-    try:
-        meta = read_manifest(folder).get("meta") or {}
-        base["best_epoch"], base["val_loss"] = meta.get("best_epoch"), meta.get("val_loss")
-    except VicapError:
-        pass
-    record_path = folder / RUN_FILE
-    if record_path.is_file():
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-        base["train_seconds"] = record.get("train_seconds")
-        base["trainable_parameters"] = record.get("trainable_parameters")
-    return SweepRun(**base)
-
-
-def run_rows(report: SweepReport) -> list[dict[str, Any]]:
-    """The raw per-run rows of ``--format csv|json``: grid options as columns, scores on a 0..1 scale."""
-    keys = list(report.points[0].point) if report.points else []
-    rows = []
-    for run in report.runs:
-        row: dict[str, Any] = {"sweep": report.name, "job": run.job_id, "model": run.model}
-        row.update({key: run.point.get(key) for key in keys})
-        row.update({"repeat": run.repeat, "seed": run.seed, "status": run.status})
-        for column in (*METRICS, "best_epoch", "val_loss", "train_seconds", "trainable_parameters"):
-            row[column] = getattr(run, column)
-        row["baseline_bleu_4"] = report.baseline["bleu_4"] if report.baseline else None
-        row["baseline_rouge_l"] = report.baseline["rouge_l"] if report.baseline else None
-        row["error"] = run.error
-        rows.append(row)
-    return rows
 
 
 def queued_children(*, db: Engine, parent_id: int) -> list[int]:

@@ -24,7 +24,8 @@ from vicap_jobs.services.comparison import SORTS, compare_jobs, compare_models
 from vicap_jobs.services.gallery import THUMBNAIL_SIZES, job_gallery, model_samples, thumbnail_file
 from vicap_jobs.services.models import list_models, resolve_model
 from vicap_jobs.services.scores import ScorePoint, latest_scores, score_history
-from vicap_jobs.services.sweeps import METRICS, sweep_names, sweep_report
+from vicap_jobs.services.sweep_reports import sweep_report
+from vicap_jobs.services.sweeps import METRICS, sweep_names
 from vicap_jobs.services.workers import list_workers
 from vicap_jobs.web import actions, auth
 from vicap_jobs.web.api import FORMATS, export_response
