@@ -80,6 +80,34 @@ class Settings(BaseSettings):
         default=40_000_000, gt=0, description="Most pixels (width x height) of a photo the web view decodes."
     )
 
+    artifacts_url: str | None = Field(
+        default=None,
+        description="Object storage URL (e.g. s3://vicap/artifacts/) that trained models and exports are uploaded to, "
+        "so workers on other hosts can download them; none: artifacts stay on the local disk.",
+    )
+    read_ahead: int = Field(
+        default=1, ge=0, le=8, description="Batches of photos a worker reads while the engine captions one (0: off)."
+    )
+    storage_concurrency: int = Field(
+        default=8, gt=0, le=64, description="Objects a worker downloads at once from object storage."
+    )
+    storage_retries: int = Field(
+        default=4,
+        gt=0,
+        description="Attempts of one object storage call (backoff 0.5 s doubling) before the chunk goes back to the queue.",
+    )
+
+    @field_validator("artifacts_url")
+    @classmethod
+    def _check_artifacts_url(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        if "://" not in value or value.lower().startswith("file://"):
+            raise ValueError(
+                f"VICAP_ARTIFACTS_URL must be an object storage URL such as s3://bucket/prefix; got {mask_password(value)!r}"
+            )
+        return value.rstrip("/")
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:
@@ -152,6 +180,10 @@ class Settings(BaseSettings):
             "VICAP_WEB_ROOTS": self.web_roots or "(none: submitting folders from the web view is off)",
             "VICAP_WEB_MAX_UPLOAD_MB": str(self.web_max_upload_mb),
             "VICAP_WEB_MAX_UPLOAD_PIXELS": str(self.web_max_upload_pixels),
+            "VICAP_ARTIFACTS_URL": mask_password(self.artifacts_url or "(none: artifacts stay on this host)"),
+            "VICAP_READ_AHEAD": str(self.read_ahead),
+            "VICAP_STORAGE_CONCURRENCY": str(self.storage_concurrency),
+            "VICAP_STORAGE_RETRIES": str(self.storage_retries),
         }
 
     @property

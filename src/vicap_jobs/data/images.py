@@ -11,7 +11,9 @@ No torch import here: engines turn the numpy batch into whatever they need.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
 import stat
 import struct
@@ -24,6 +26,8 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from vicap_jobs.errors import ImageError, InputError
+from vicap_jobs.storage.locations import is_url
+from vicap_jobs.storage.objects import read_object
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +48,32 @@ _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error)
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """Decode an image file into a fully loaded 8-bit RGB image, upright as displayed.
+def load_rgb(location: str | Path) -> Image.Image:
+    """Decode an image file (or object storage URL) into a fully loaded 8-bit RGB image, upright as displayed.
 
     Applies the EXIF orientation, keeps the first frame of animations, composites
     transparency on white and maps every other pixel mode to RGB.
-    Raises ImageError with a short reason for anything that is not a safe, readable image.
+    Raises ImageError with a short reason for anything that is not a safe, readable image;
+    a URL is read through ``vicap_jobs.storage`` (which raises StorageUnavailable, not an
+    ImageError, when the storage itself cannot be reached).
     """
-    path = Path(path)
+    if is_url(location):
+        return decode_rgb(read_object(str(location)))
+    path = Path(location)
     _check_regular_file(path)
+    return _decode_source(path)
+
+
+def decode_rgb(data: bytes) -> Image.Image:
+    """:func:`load_rgb` for bytes already read (an object from storage, an upload)."""
+    if not data:
+        raise ImageError("empty file")
+    return _decode_source(io.BytesIO(data))
+
+
+def _decode_source(source: Path | io.BytesIO) -> Image.Image:
     try:
-        with _open_checked(path) as im:
+        with _open_checked(source) as im:
             _decode_first_frame(im)
             upright = _upright_copy(im)
     except ImageError:
@@ -222,7 +241,7 @@ def _check_regular_file(path: Path) -> None:
         raise ImageError("empty file")
 
 
-def _open_checked(path: Path) -> Image.Image:
+def _open_checked(path: Path | io.BytesIO) -> Image.Image:
     """Open lazily (header only) and refuse images over MAX_PIXELS before any decoding."""
     try:
         im = Image.open(path)
@@ -319,7 +338,7 @@ def _exif_orientation(im: Image.Image) -> int:
         return 1
 
 
-def _probe_size_unchecked(path: Path) -> tuple[int, int] | None:
+def _probe_size_unchecked(path: Path | io.BytesIO) -> tuple[int, int] | None:
     """Stored size read through Pillow's format plugins, skipping its bomb check.
 
     Used only after Pillow refused a file as a decompression bomb, so the error can
@@ -327,7 +346,9 @@ def _probe_size_unchecked(path: Path) -> tuple[int, int] | None:
     """
     Image.init()
     try:
-        with path.open("rb") as fp:
+        with path.open("rb") if isinstance(path, Path) else contextlib.nullcontext(path) as fp:
+            name = path.name if isinstance(path, Path) else ""
+            fp.seek(0)
             prefix = fp.read(16)
             for fmt in Image.ID:
                 factory, accept = Image.OPEN[fmt]
@@ -336,7 +357,7 @@ def _probe_size_unchecked(path: Path) -> tuple[int, int] | None:
                     continue
                 fp.seek(0)
                 try:
-                    return factory(fp, path.name).size
+                    return factory(fp, name).size
                 except _DECODE_ERRORS:
                     continue
     except OSError:

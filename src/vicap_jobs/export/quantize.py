@@ -69,7 +69,7 @@ class ImageCalibrationReader:
             images = []
             for path in self.paths[start : start + self.batch_size]:
                 try:
-                    images.append(load_rgb(Path(path)))
+                    images.append(load_rgb(path))
                 except ImageError as exc:
                     log.warning("calibration image %s skipped: %s", path, exc)
                     self.skipped += 1
@@ -174,7 +174,7 @@ def _speed_pixels(paths: Sequence[Path], preprocessing: Preprocessing, n: int) -
         if len(images) == n:
             break
         try:
-            images.append(load_rgb(Path(path)))
+            images.append(load_rgb(path))
         except ImageError:
             continue
     if not images:

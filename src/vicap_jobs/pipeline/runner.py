@@ -208,7 +208,7 @@ def read_batch(batch: Sequence[tuple[int, str]], hash_ids: Collection[int] = ())
     hashes: dict[int, str] = {}
     for image_id, path in batch:
         try:
-            image = load_rgb(Path(path))
+            image = load_rgb(path)
         except VicapError as exc:
             errors[image_id] = CaptionResult(image_id, None, None, str(exc))
             continue

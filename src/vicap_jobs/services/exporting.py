@@ -113,7 +113,7 @@ def _test_bleu_4(db: Engine, dataset_id: int | None, limit: int = 300) -> EvalFn
         predictions: dict[int, str] = {}
         for start in range(0, len(rows), 16):
             batch = rows[start : start + 16]
-            texts = engine.caption([load_rgb(Path(path)) for _, path in batch])
+            texts = engine.caption([load_rgb(path) for _, path in batch])
             predictions.update({image_id: text for (image_id, _), text in zip(batch, texts, strict=True)})
         scores = score_captions(predictions, {k: references[k] for k in predictions}, tokenization="syllable")
         return scores.bleu_4

@@ -123,7 +123,7 @@ def calibration_sample(*, db: Engine, model: ModelRef, limit: int = MAX_IMAGES) 
     images = []
     for path in paths:
         with contextlib.suppress(VicapError, OSError):
-            images.append(load_rgb(Path(path)))
+            images.append(load_rgb(path))
     return images
 
 
