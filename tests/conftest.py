@@ -58,6 +58,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.seaweed import SeaweedS3
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -316,3 +318,60 @@ __all__ = [
     "in_ci",
     "skip_or_fail",
 ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Object storage: a real SeaweedFS S3 server (tests/seaweed.py)
+#
+#   ``seaweed`` -> SeaweedS3   (session scope)
+#       One server for the session; skipped when it cannot start (failed under CI). Do not stop it:
+#       tests that take the storage away start their own with ``make_seaweed``.
+#   ``make_seaweed`` -> callable(folder) -> SeaweedS3 (started; stopped at the end of the test)
+#   ``s3_bucket`` -> str
+#       A fresh bucket on ``seaweed`` as ``s3://NAME``, with the client's AWS_* variables set
+#       (``monkeypatch``) the way a user sets them: vicap-jobs reads no credentials of its own.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    server = _start_seaweed(tmp_path_factory.mktemp("seaweed"))
+    yield server
+    server.stop()
+
+
+def _start_seaweed(folder: Path) -> SeaweedS3:
+    try:
+        server = SeaweedS3(folder)
+        server.start()
+    except RuntimeError as exc:
+        skip_or_fail(f"SeaweedFS (object storage tests) cannot start: {exc}")
+        raise
+    return server
+
+
+@pytest.fixture()
+def make_seaweed(tmp_path: Path) -> Iterator[Callable[[Path], SeaweedS3]]:
+    started: list[SeaweedS3] = []
+
+    def make(folder: Path) -> SeaweedS3:
+        server = _start_seaweed(folder)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+def use_s3_env(monkeypatch: pytest.MonkeyPatch, server: SeaweedS3) -> None:
+    """Point S3 clients of this process at ``server`` through the standard AWS variables."""
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # botocore's own retries; vicap-jobs retries on top
+
+
+@pytest.fixture()
+def s3_bucket(seaweed: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> str:
+    use_s3_env(monkeypatch, seaweed)
+    return f"s3://{seaweed.new_bucket()}"
