@@ -58,13 +58,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.seaweed import SeaweedS3
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from tests.seaweed import SeaweedS3
 from vicap_jobs.db import migrate
 from vicap_jobs.db.session import dispose_engines, make_engine
 from vicap_jobs.settings import Settings, reset_settings

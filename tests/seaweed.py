@@ -125,7 +125,6 @@ class SeaweedS3:
 
     def _wait_ready(self, timeout_s: float) -> bool:
         """Ready once a small object can be put and read back (volumes are allocated lazily)."""
-        import fsspec
 
         deadline = time.monotonic() + timeout_s
         probe = f"vicap-probe-{uuid.uuid4().hex[:8]}"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from vicap_jobs.storage.objects import list_image_objects, read_object, write_bytes
 from vicap_jobs.data.folders import is_image_name
+from vicap_jobs.storage.objects import list_image_objects, read_object, write_bytes
 
 
 def test_put_list_get(s3_bucket: str, vicap_env: object) -> None:
