@@ -15,7 +15,7 @@ def is_url(location: str | Path) -> bool:
     if isinstance(location, Path):
         return False
     match = _URL.match(location)
-    return bool(match) and match.group(1).lower() != "file"
+    return match is not None and match.group(1).lower() != "file"
 
 
 def scheme(location: str) -> str:
@@ -35,7 +35,7 @@ def local_path(location: str | Path) -> Path:
 def join(base: str, *parts: str) -> str:
     """``base`` with ``parts`` appended by ``/`` (URLs) — never with the OS separator, never dropping the scheme."""
     if not is_url(base):
-        return str(Path(base).joinpath(*parts))
+        return str(local_path(base).joinpath(*parts))  # Path("file:///x") would keep "file:/x" as a folder name
     head = base.rstrip("/")
     tail = posixpath.join(*(part.strip("/") for part in parts)) if parts else ""
     return f"{head}/{tail}" if tail else head
@@ -43,10 +43,17 @@ def join(base: str, *parts: str) -> str:
 
 def name_of(location: str | Path) -> str:
     """The last part of a path or URL (the file name), without a trailing slash."""
-    text = str(location).rstrip("/")
-    return text.rsplit("/", 1)[-1] if is_url(text) else Path(text).name
+    if is_url(location):
+        return _without_trailing_slashes(str(location)).rsplit("://", 1)[-1].rsplit("/", 1)[-1]
+    return Path(str(location)).name
 
 
 def as_location(location: str | Path) -> str:
-    """What the store records: a URL as given (one trailing slash removed), a local path as its text."""
-    return str(location).rstrip("/") if is_url(location) else str(location)
+    """What the store records: a URL as given (trailing slashes removed), a local path as its text."""
+    return _without_trailing_slashes(str(location)) if is_url(location) else str(location)
+
+
+def _without_trailing_slashes(url: str) -> str:
+    """``url`` without trailing slashes, but never cut into its ``scheme://`` (``s3://`` stays ``s3://``)."""
+    head, _, rest = url.partition("://")
+    return f"{head}://{rest.rstrip('/')}"

@@ -16,10 +16,12 @@ after a fork: fsspec resets its event loop in the child).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
 import unicodedata
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,11 +57,45 @@ def _retries() -> int:
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec file system of ``url`` and the path within it; a one-line InputError for an unknown scheme."""
+    """The fsspec file system of ``url`` and the path within it; a one-line InputError for an unknown scheme.
+
+    One file system per scheme, process and storage environment: fsspec's own instance cache keys
+    on the constructor's arguments only, so a process whose ``AWS_ENDPOINT_URL`` (or credentials)
+    changed kept talking to the first endpoint — a write meant for one server silently went to
+    another, which auto-created the bucket. The environment's digest is part of the key instead
+    (only the digest is kept; the values are never stored or shown).
+    """
+    if "::" in url:  # a chained URL (simplecache::s3://…): fsspec builds the whole chain
+        return _open_filesystem(url, cached=True)
+    key = (scheme(url), os.getpid(), _environment_digest())
+    found = _FILESYSTEMS.get(key)
+    if found is not None:
+        return found, found._strip_protocol(url)
+    fs, path = _open_filesystem(url, cached=False)
+    _FILESYSTEMS[key] = fs
+    return fs, path
+
+
+#: (scheme, process id, digest of the storage environment) → its file system; see :func:`filesystem`.
+_FILESYSTEMS: dict[tuple[str, int, str], fsspec.AbstractFileSystem] = {}
+#: Environment variables through which the storage libraries are configured (endpoints, keys, retries).
+_STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCSFS_", "AZURE_", "FSSPEC_")
+
+
+def _open_filesystem(url: str, *, cached: bool) -> tuple[fsspec.AbstractFileSystem, str]:
     try:
-        return url_to_fs(url)
+        return url_to_fs(url) if cached else url_to_fs(url, skip_instance_cache=True)
     except (ImportError, ValueError) as exc:
         raise InputError(f"cannot open {scheme(url)}:// locations: {exc}") from None
+
+
+def _environment_digest() -> str:
+    """A digest of the storage libraries' environment variables (names and values), so a change is noticed."""
+    digest = hashlib.sha256()
+    for name in sorted(os.environ):
+        if name.startswith(_STORAGE_ENV_PREFIXES):
+            digest.update(f"{name}\0{os.environ[name]}\0".encode(errors="surrogateescape"))
+    return digest.hexdigest()
 
 
 def with_retries(what: str, call: Callable[[], T], *, retries: int | None = None) -> T:
@@ -89,6 +125,9 @@ def read_object(url: str, *, max_bytes: int = MAX_OBJECT_BYTES) -> bytes:
 
     def fetch() -> bytes:
         with fs.open(path, "rb") as handle:
+            if (getattr(handle, "details", None) or {}).get("type") == "directory":
+                # s3fs opens a prefix (or a folder marker) as an empty "file": it would read as an empty photo
+                raise IsADirectoryError(path)
             size = getattr(handle, "size", None)
             if size is not None and size > max_bytes:
                 raise ObjectError(f"object is {size / 1e6:.0f} MB, over the {max_bytes / 1e6:.0f} MB limit")
@@ -152,14 +191,29 @@ def exists(location: str) -> bool:
 def write_bytes(location: str | Path, data: bytes) -> None:
     """Write ``data`` to a local path (a temporary file renamed into place) or an object (one PUT: all or nothing)."""
     if not is_url(location):
-        target = local_path(location)
-        temporary = target.with_name(f".{target.name}.part")
-        temporary.write_bytes(data)
-        os.replace(temporary, target)
+        _write_local(local_path(location), data)
         return
     text = str(location)
     fs, path = filesystem(text)
     with_retries(f"writing {text}", lambda: fs.pipe_file(path, data))
+
+
+def _write_local(target: Path, data: bytes) -> None:
+    """Write a sibling temporary file (unique per writer), flush it to disk, rename it onto ``target``.
+
+    On any failure the temporary file is removed, so a failed write leaves neither a partial
+    ``target`` nor a ``.part`` file behind (a target that is a folder used to leave its ``.part``).
+    """
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        with temporary.open("xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def upload_file(source: Path, url: str) -> None:
