@@ -227,6 +227,32 @@ def scst(data: dict[str, Any]) -> list[str]:
     ]
 
 
+def object_store(data: dict[str, Any]) -> list[str]:
+    photos = data["photos"]
+    rows = [
+        [
+            name, v["source"], v["read_ahead"], v.get("storage_concurrency") or "-", v["images_per_s"],
+            ratio(v.get("ratio_to_baseline")), v.get("read_s"), v.get("infer_s"), percent(v.get("captions_equal_to_local")),
+        ]
+        for name, v in data["variants"].items()
+    ]  # fmt: skip
+    lines = [
+        f"{photos['n']} photos of {photos['width']}×{photos['height']} (~{photos['mean_kib']} KiB) through "
+        f"create_caption_job + run_chunk; {data.get('model')}; {data.get('server')}. Ratios to "
+        f"{data.get('baseline')} (local disk, default read-ahead), medians of one run.",
+        "",
+        *table(
+            ["variant", "source", "read-ahead", "concurrency", "images/s", "× baseline", "read s", "infer s",
+             "same captions"],
+            rows,
+        ),
+    ]  # fmt: skip
+    findings = data.get("findings") or []
+    if findings:
+        lines += ["", *(f"- {finding}" for finding in findings)]
+    return lines
+
+
 SUMMARIES: dict[str, Summary] = {
     "bulk_caption": bulk_caption,
     "scale": scale,
@@ -237,6 +263,7 @@ SUMMARIES: dict[str, Summary] = {
     "worker_rss": worker_rss,
     "overlap": overlap,
     "scst": scst,
+    "object_store": object_store,
 }
 
 

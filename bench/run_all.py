@@ -53,6 +53,11 @@ BENCHMARKS: dict[str, tuple[list[str], str]] = {
         "test CIDEr-D of cross-entropy training vs cross-entropy then self-critical sequence training, 3 seeds, "
         "with a control trained by cross-entropy for as many epochs",
     ),
+    "object_store": (
+        ["object_store.py"],
+        "captioning photos from object storage (SeaweedFS S3 on loopback) vs the local disk through the real "
+        "pipeline, read-ahead on and off, storage concurrency 8 vs 1",
+    ),
     "worker_rss": (
         ["worker_rss.py", "--images", "5000"],
         "worker memory while captioning 5,000 images (must stay flat)",
