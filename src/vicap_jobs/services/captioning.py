@@ -120,7 +120,7 @@ def _register(db: Engine, paths: Sequence[Path | str], within: Sequence[Path] | 
     ``within``: a copy is linked only to a data set file inside these folders (the worker reads that file).
     ``paths`` may be object storage URLs: see the module docstring.
     """
-    facts = {str(path): _object_facts(path) if is_url(path) else _facts(Path(path)) for path in paths}
+    facts = {str(path): _object_facts(str(path)) if is_url(path) else _facts(Path(path)) for path in paths}
     ids: dict[str, int] = {}
     with session_scope(db) as session:
         linked = _dataset_images(session, facts, within)

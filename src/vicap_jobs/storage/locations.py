@@ -15,7 +15,7 @@ def is_url(location: str | Path) -> bool:
     if isinstance(location, Path):
         return False
     match = _URL.match(location)
-    return bool(match) and match.group(1).lower() != "file"
+    return match is not None and match.group(1).lower() != "file"
 
 
 def scheme(location: str) -> str:
