@@ -364,7 +364,14 @@ def make_seaweed(tmp_path: Path) -> Iterator[Callable[[Path], SeaweedS3]]:
 
 
 def use_s3_env(monkeypatch: pytest.MonkeyPatch, server: SeaweedS3) -> None:
-    """Point S3 clients of this process at ``server`` through the standard AWS variables."""
+    """Point S3 clients of this process at ``server`` through the standard AWS variables.
+
+    fsspec keeps one client per set of constructor arguments for the process's life (the variables
+    are read when it is made), so the cached clients are dropped: the next one reads the new variables.
+    """
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
     for name, value in server.env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # botocore's own retries; vicap-jobs retries on top

@@ -65,8 +65,8 @@ def test_the_next_batch_is_read_while_the_engine_captions_this_one(
     reads: list[str] = []
     load = runner.load_rgb
 
-    def spy_load(path: Path) -> Any:
-        reads.append(path.name)
+    def spy_load(path: str) -> Any:
+        reads.append(Path(path).name)
         if len(reads) == 3:  # the first image of the second batch
             third_read.set()
         return load(path)

@@ -20,6 +20,7 @@ from vicap_jobs.services.exporting import create_export_job
 from vicap_jobs.services.sweeps import create_sweep, parse_grid
 from vicap_jobs.services.training import create_train_job
 from vicap_jobs.services.workers import live_workers, start_worker_hint
+from vicap_jobs.storage.locations import is_url
 
 
 def _wait_option(command: Any) -> Any:
@@ -54,7 +55,10 @@ def submit() -> None:
 
 @submit.command()
 @click.option(
-    "--dir", "folder", required=True, type=click.Path(path_type=Path, file_okay=False), help="Folder of images."
+    "--dir",
+    "folder",
+    required=True,
+    help="Folder of images: a local path, or an object storage prefix (s3://bucket/photos/, gs://, az://).",
 )
 @click.option("--model", default=None, help="Registered model name (default: the newest).")
 @click.option(
@@ -77,7 +81,7 @@ def submit() -> None:
 @_gpu_option
 @_wait_option
 def caption(
-    folder: Path,
+    folder: str,
     model: str | None,
     engine: str | None,
     recursive: bool,
@@ -98,18 +102,25 @@ def caption(
     same engine; `--engine` unset matches only earlier jobs that also left it
     unset). Export the captions with `vicap-jobs captions export JOB`.
 
+    A folder in object storage (`s3://bucket/prefix/`, any fsspec URL) is listed
+    here and read by the workers, so workers on other hosts need no shared disk;
+    credentials come from the storage library's usual places (AWS_* variables,
+    profiles, instance roles). Its photos are hashed by the workers, so
+    `--skip-known` is for local folders.
+
     Example:
 
     \b
         vicap-jobs submit caption --dir photos/ --wait
         vicap-jobs submit caption --dir photos/ --skip-known --wait
+        vicap-jobs submit caption --dir s3://archive/2026/ --recursive
         vicap-jobs submit caption --dir /data/album --recursive --model synth-attn --engine onnx --gpu 1
     """
 
     settings, db = open_store()
     plan = create_caption_job(
         db=db,
-        folder=folder,
+        folder=folder if is_url(folder) else Path(folder),
         model=model,
         engine_name=engine,
         recursive=recursive,

@@ -4,7 +4,8 @@
 
     queued ──claim──► running ──close──► done | cancelled
        ▲                 │  └──give up──► failed        (error rows for its uncaptioned images)
-       └──requeue (its worker went silent; vicap_jobs.jobs.recovery)
+       ├──requeue (its worker went silent; vicap_jobs.jobs.recovery)
+       └──release (its worker could not reach object storage; given up after max attempts instead)
 
 A chunk is a partition of a caption or evaluate job: one message for a caption job's worker, one
 step of an evaluate job. ``heartbeat_at`` is the claiming worker's last sign of life;
@@ -34,7 +35,7 @@ from vicap_jobs.errors import InputError
 from vicap_jobs.jobs.kinds import get_job_kind
 from vicap_jobs.jobs.writer import CaptionResult, write_results
 
-OutcomeStatus = Literal["done", "cancelled", "skipped", "failed"]
+OutcomeStatus = Literal["done", "cancelled", "skipped", "failed", "requeued"]
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,33 @@ def give_up_chunk(*, session: Session, chunk_id: int, reason: str) -> int | None
         results=[CaptionResult(image_id, None, None, reason) for image_id in chunk.image_ids if image_id not in done],
     )
     return job.id
+
+
+def release_chunk(
+    *, session: Session, chunk_id: int, reason: str, max_attempts: int
+) -> Literal["requeued", "failed"] | None:
+    """Running → queued again, because its worker could not do it now (object storage unreachable).
+
+    The same rule as a dead worker's chunk (``jobs.recovery.requeue_stale_chunks``): the claim that
+    just ended counted as an attempt, so after ``max_attempts`` claims the chunk is given up
+    instead, its uncaptioned images getting error rows that say why. Rows it wrote before stay: the
+    next claim captions only the rest. Returns what happened, None when the chunk was no longer running.
+    """
+    chunk = session.get(JobChunk, chunk_id, populate_existing=True)
+    if chunk is None or chunk.status != ChunkStatus.RUNNING:
+        return None
+    if chunk.attempts >= max_attempts:
+        failed = give_up_chunk(
+            session=session, chunk_id=chunk_id, reason=f"gave up after {chunk.attempts} attempts: {reason}"
+        )
+        return "failed" if failed is not None else None
+    changed = rows_changed(
+        session,
+        update(JobChunk)
+        .where(JobChunk.id == chunk_id, JobChunk.status == ChunkStatus.RUNNING)
+        .values(status=ChunkStatus.QUEUED, worker_host=None, heartbeat_at=None, error=reason),
+    )
+    return "requeued" if changed else None
 
 
 def captioned_among(*, session: Session, job_id: int, image_ids: Sequence[int]) -> set[int]:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -54,10 +54,14 @@ from vicap_jobs.jobs.chunks import (
     claim_chunk,
     close_chunk,
     finish_if_drained,
+    release_chunk,
 )
 from vicap_jobs.jobs.lifecycle import fail_job, get_job, start_job
 from vicap_jobs.jobs.queries import job_status
 from vicap_jobs.jobs.writer import CaptionResult, known_phashes, write_phashes, write_results
+from vicap_jobs.settings import get_settings
+from vicap_jobs.storage.locations import is_url
+from vicap_jobs.storage.objects import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +137,8 @@ def run_chunk(
         if model_id is None:
             raise VicapError(f"job {job_id} has no model")
         engine = engines.get(model_id, engine_name)
+    except StorageUnavailable as exc:  # the model's artifacts could not be downloaded now: later, maybe elsewhere
+        return _release(db, chunk_id, job_id, f"cannot load model: {exc}", _Totals())
     except VicapError as exc:
         return _fail(db, job_id, f"cannot load model: {exc}")
     except Exception as exc:  # noqa: BLE001 - a broken artifact must fail the job, not loop forever
@@ -145,18 +151,17 @@ def run_chunk(
     batches = list(_batches(items, batch_size))
     pending_rows: list[CaptionResult] = []
     last_write = time.monotonic()
-    # Decode the next batch's files while the engine works on this one (Pillow's decoders release the GIL;
-    # on a GPU worker the CPU is otherwise idle during inference). One batch ahead at most: memory stays flat.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vicap-read-ahead") as reader:
-        pending = reader.submit(read_batch, batches[0], hashing.to_hash) if batches else None
+    settings = get_settings()
+    with _Reader(batches, hashing.to_hash, settings.read_ahead, settings.storage_concurrency) as reader:
         for index, batch in enumerate(batches):
             if _is_cancelled(db, job_id):
                 _write(db, job_id, model_id, engine.name, chunk_id, pending_rows, totals, hashing.take())
                 return _close(db, chunk_id, totals.outcome("cancelled"))
-            assert pending is not None
-            read = pending.result()
-            following = batches[index + 1] if index + 1 < len(batches) else None
-            pending = reader.submit(read_batch, following, hashing.to_hash) if following is not None else None
+            try:
+                read = reader.read(index)
+            except StorageUnavailable as exc:
+                _write(db, job_id, model_id, engine.name, chunk_id, pending_rows, totals, hashing.take())
+                return _release(db, chunk_id, job_id, str(exc), totals)
             hashing.learn(batch, read.hashes)
             results, infer_s = infer_batch(engine, batch, read)
             totals.read_s, totals.infer_s = totals.read_s + read.seconds, totals.infer_s + infer_s
@@ -196,23 +201,25 @@ class ReadBatch:
     hashes: dict[int, str] = field(default_factory=dict)
 
 
-def read_batch(batch: Sequence[tuple[int, str]], hash_ids: Collection[int] = ()) -> ReadBatch:
+def read_batch(
+    batch: Sequence[tuple[int, str]], hash_ids: Collection[int] = (), *, fetcher: Executor | None = None
+) -> ReadBatch:
     """Decode the batch's images; an unreadable or hostile file becomes an error result, never an exception.
 
-    The images listed in ``hash_ids`` that decode are also given their perceptual hash.
+    The images listed in ``hash_ids`` that decode are also given their perceptual hash. With a
+    ``fetcher`` (a thread pool), the batch's objects are fetched and decoded that many at a time:
+    object storage answers each request in milliseconds, so one at a time would starve the engine.
+    Raises StorageUnavailable when object storage cannot be reached (not the photo's fault).
     """
     started = time.perf_counter()
     errors: dict[int, CaptionResult] = {}
     good: list[tuple[int, PILImage.Image]] = []
     hashes: dict[int, str] = {}
-    for image_id, path in batch:
-        try:
-            image = load_rgb(path)
-        except VicapError as exc:
-            errors[image_id] = CaptionResult(image_id, None, None, str(exc))
-            continue
-        except Exception as exc:  # noqa: BLE001 - never let one file fail the chunk
-            errors[image_id] = CaptionResult(image_id, None, None, f"cannot read image: {type(exc).__name__}: {exc}")
+    locations = [location for _, location in batch]
+    decoded = fetcher.map(_decode_one, locations) if fetcher is not None else map(_decode_one, locations)
+    for (image_id, _), image in zip(batch, decoded, strict=True):
+        if isinstance(image, str):
+            errors[image_id] = CaptionResult(image_id, None, None, image)
             continue
         good.append((image_id, image))
         if image_id in hash_ids:
@@ -221,6 +228,57 @@ def read_batch(batch: Sequence[tuple[int, str]], hash_ids: Collection[int] = ())
             except Exception:  # noqa: BLE001 - a hash is a bonus: the image is still captioned
                 log.exception("perceptual hash of image %d", image_id)
     return ReadBatch(good, errors, time.perf_counter() - started, hashes)
+
+
+def _decode_one(location: str) -> PILImage.Image | str:
+    """One photo decoded, or the reason it cannot be (a string); StorageUnavailable passes through."""
+    try:
+        return load_rgb(location)
+    except StorageUnavailable:
+        raise
+    except VicapError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - never let one file fail the chunk
+        return f"cannot read image: {type(exc).__name__}: {exc}"
+
+
+class _Reader:
+    """The chunk's batches decoded ``depth`` batches ahead of the engine, in a thread (``VICAP_READ_AHEAD``).
+
+    Pillow's decoders and network reads release the GIL, and on a GPU worker the CPU is otherwise
+    idle during inference. ``depth`` batches ahead at most: memory stays flat. Depth 0 reads each
+    batch when the engine asks for it. Batches that hold object storage URLs are fetched
+    ``concurrency`` objects at a time (``VICAP_STORAGE_CONCURRENCY``); local files are read one by one.
+    """
+
+    def __init__(
+        self, batches: Sequence[Sequence[tuple[int, str]]], hash_ids: Collection[int], depth: int, concurrency: int
+    ) -> None:
+        self.batches, self.hash_ids, self.depth = batches, hash_ids, depth
+        remote = any(is_url(location) for batch in batches for _, location in batch)
+        self.fetcher = ThreadPoolExecutor(concurrency, thread_name_prefix="vicap-fetch") if remote else None
+        self.ahead = ThreadPoolExecutor(1, thread_name_prefix="vicap-read-ahead") if depth > 0 else None
+        self.pending: dict[int, Future[ReadBatch]] = {}
+
+    def __enter__(self) -> _Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for executor in (self.ahead, self.fetcher):
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+
+    def read(self, index: int) -> ReadBatch:
+        """Batch ``index`` decoded; the next ``depth`` batches are started before this one is returned."""
+        if self.ahead is None:
+            return self._read(index)
+        for ahead in range(index, min(index + self.depth + 1, len(self.batches))):
+            if ahead not in self.pending:
+                self.pending[ahead] = self.ahead.submit(self._read, ahead)
+        return self.pending.pop(index).result()
+
+    def _read(self, index: int) -> ReadBatch:
+        return read_batch(self.batches[index], self.hash_ids, fetcher=self.fetcher)
 
 
 @dataclass
@@ -377,6 +435,23 @@ def _close(db: Engine, chunk_id: int, outcome: ChunkOutcome) -> ChunkOutcome:
     with session_scope(db) as session:
         close_chunk(session=session, chunk_id=chunk_id, outcome=outcome)
     return outcome
+
+
+def _release(db: Engine, chunk_id: int, job_id: int, reason: str, totals: _Totals) -> ChunkOutcome:
+    """Give the chunk back to the queue (the caller publishes it again: "requeued"), or give it up after max attempts.
+
+    A chunk given up ends with error rows for its uncaptioned images, but its job goes on ("skipped":
+    nothing more for this worker to do), unlike a model that cannot load, which fails the job ("failed").
+    """
+    log.warning("chunk %d of job %d goes back to the queue: %s", chunk_id, job_id, reason)
+    with session_scope(db) as session:
+        released = release_chunk(
+            session=session, chunk_id=chunk_id, reason=reason, max_attempts=get_settings().max_chunk_attempts
+        )
+    if released == "failed":
+        with session_scope(db) as session:
+            finish_if_drained(session=session, job_id=job_id)
+    return totals.outcome("requeued" if released == "requeued" else "skipped")
 
 
 def _fail(db: Engine, job_id: int, reason: str) -> ChunkOutcome:

@@ -12,6 +12,14 @@ options is not sent to a worker; that caption is copied into the new job as an o
 ``reused_from_id`` (copied, not linked, so every job keeps exactly one row per image and its
 exports, gallery and counters stay per job). See :func:`reusable_captions` for what "the same"
 means.
+
+Object storage (``folder`` a URL such as ``s3://bucket/photos/``): the prefix is listed once
+(``storage.objects.list_image_objects``, the same suffixes and hidden-name rule as a local walk)
+and each object gets an ad-hoc row keyed by its URL. Nothing is downloaded at submit: an object's
+content hash and size are unknown until a worker reads it, so ``skip_known`` is refused for
+URLs, and an object is linked to a data set image only when the data set was imported from the
+same URLs (same path). Reading 100,000 objects here only to hash them would double the traffic
+of the job itself.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, Engine, case, or_, select
 from sqlalchemy.orm import Session
 
-from vicap_jobs.data.folders import WalkReport, iter_image_files
+from vicap_jobs.data.folders import WalkReport, is_image_name, iter_image_files
 from vicap_jobs.data.images import image_size, sha256_file
 from vicap_jobs.db.base import utcnow
 from vicap_jobs.db.bulk import insert_rows
@@ -41,6 +49,8 @@ from vicap_jobs.jobs.queues import device_label
 from vicap_jobs.jobs.writer import ReusedCaption, copy_captions
 from vicap_jobs.models.registry import ONNX_EXPORT_ENGINES
 from vicap_jobs.services.models import ModelRef, engine_for_job, resolve_model
+from vicap_jobs.storage.locations import as_location, is_url, name_of
+from vicap_jobs.storage.objects import list_image_objects
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +114,13 @@ class _Registered:
     n_linked: int  # distinct data set image rows among them
 
 
-def _register(db: Engine, paths: list[Path], within: Sequence[Path] | None = None) -> _Registered:
+def _register(db: Engine, paths: Sequence[Path | str], within: Sequence[Path] | None = None) -> _Registered:
     """:func:`register_folder_images`, with the content of each image and how many are data set images.
 
     ``within``: a copy is linked only to a data set file inside these folders (the worker reads that file).
+    ``paths`` may be object storage URLs: see the module docstring.
     """
-    facts = {str(path): _facts(path) for path in paths}  # one row per distinct path, in order
+    facts = {str(path): _object_facts(str(path)) if is_url(path) else _facts(Path(path)) for path in paths}
     ids: dict[str, int] = {}
     with session_scope(db) as session:
         linked = _dataset_images(session, facts, within)
@@ -140,9 +151,12 @@ def _dataset_images(
     session: Session, facts: dict[str, dict[str, Any]], within: Sequence[Path] | None
 ) -> dict[str, int]:
     """path → id of the data set image row each file is (see :func:`register_folder_images`); others absent."""
-    digests = list(dict.fromkeys(row["sha256"] for row in facts.values() if row["sha256"]))
-    if not digests or session.scalar(select(Image.id).where(Image.dataset_id.is_not(None)).limit(1)) is None:
+    if session.scalar(select(Image.id).where(Image.dataset_id.is_not(None)).limit(1)) is None:
         return {}  # no data set imported: nothing to look up
+    linked = _dataset_objects(session, [path for path in facts if is_url(path)])
+    digests = list(dict.fromkeys(row["sha256"] for row in facts.values() if row["sha256"]))
+    if not digests:
+        return linked
     rows: dict[str, list[_DatasetRow]] = {}  # sha256 → data set rows with that content, smallest id first
     for start in range(0, len(digests), LOOKUP_PAGE):
         query = (
@@ -153,9 +167,8 @@ def _dataset_images(
         for digest, image_id, path, file_name in session.execute(query):
             rows.setdefault(str(digest), []).append(_DatasetRow(image_id, path, Path(file_name).name))
     if not rows:
-        return {}
-    linked: dict[str, int] = {}
-    taken: set[int] = set()
+        return linked
+    taken: set[int] = set(linked.values())
     for path, fact in facts.items():  # the same path first: it is the data set's own file
         candidates = rows.get(fact["sha256"] or "", [])
         if candidates:
@@ -175,6 +188,24 @@ def _dataset_images(
                 taken.add(row.id)
                 break
     return linked
+
+
+def _dataset_objects(session: Session, urls: Sequence[str]) -> dict[str, int]:
+    """URL → id of the data set image row imported from the same object URL (its content is not known at submit)."""
+    linked: dict[str, int] = {}
+    for start in range(0, len(urls), LOOKUP_PAGE):
+        query = (
+            select(Image.path, Image.id)
+            .where(Image.path.in_(urls[start : start + LOOKUP_PAGE]), Image.dataset_id.is_not(None))
+            .order_by(Image.id.desc())  # the first import wins: written last below
+        )
+        linked.update({str(path): image_id for path, image_id in session.execute(query)})
+    return linked
+
+
+def _object_facts(url: str) -> dict[str, Any]:
+    """The ad-hoc image row of one object: its URL and name; hash and size stay unknown until a worker reads it."""
+    return {"dataset_id": None, "path": url, "file_name": name_of(url), "sha256": None, "width": None, "height": None}
 
 
 def _facts(path: Path) -> dict[str, Any]:
@@ -225,7 +256,7 @@ def _safe(read: Callable[[Path], T], path: Path) -> T | None:
 def create_caption_job(
     *,
     db: Engine,
-    folder: Path,
+    folder: Path | str,
     model: str | None,
     engine_name: str | None,
     recursive: bool,
@@ -248,13 +279,25 @@ def create_caption_job(
     """
     if batch_size <= 0:
         raise InputError("--batch-size must be positive")
+    remote = is_url(folder)
+    if remote and skip_known:
+        raise InputError(
+            "--skip-known needs each photo's content hash at submit, and photos in object storage are hashed "
+            "by the workers that read them; submit without --skip-known"
+        )
+    if remote and within is not None:
+        raise InputError("only local folders can be submitted here")
     model_row = resolve_model(db=db, name=model)
     engine = engine_for_job(model_row, engine_name)
     report = WalkReport()
-    paths = list(iter_image_files(Path(folder).expanduser().resolve(), recursive=recursive, report=report))
+    paths: list[Path | str]
+    if remote:
+        paths = list(list_image_objects(str(folder), recursive=recursive, is_image_name=is_image_name))
+    else:
+        paths = list(iter_image_files(Path(folder).expanduser().resolve(), recursive=recursive, report=report))
     found = len(paths)
     if within is not None:
-        paths = [path for path in paths if is_within(path, within)]
+        paths = [path for path in paths if is_within(Path(path), within)]
     if not paths and found:
         raise InputError(f"every image file in {folder} is a link to a file outside the allowed folders")
     if not paths:
@@ -271,7 +314,7 @@ def create_caption_job(
         )
         reused_ids = {item.image_id for item in reused}
         params = CaptionParams(
-            folder=str(folder),
+            folder=as_location(folder),
             model=model_row.name,
             engine=engine,
             recursive=recursive,

@@ -211,6 +211,10 @@ def run_evaluation(ctx: RunContext) -> EvaluationResult | None:
         outcome = run_chunk(
             db=ctx.db, chunk_id=chunk_id, engines=cache, worker_name=ctx.worker_name, heartbeat=ctx.heartbeat
         )
+        while outcome.status == "requeued":  # object storage was unreachable: claim it again (max attempts apply)
+            outcome = run_chunk(
+                db=ctx.db, chunk_id=chunk_id, engines=cache, worker_name=ctx.worker_name, heartbeat=ctx.heartbeat
+            )
         if outcome.status in ("failed", "cancelled"):
             return None
     return score_job(db=ctx.db, job_id=ctx.job_id)

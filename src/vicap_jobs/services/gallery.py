@@ -9,6 +9,7 @@ size, so a photo shown in a hundred galleries is resized once.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from vicap_jobs.db.status import CaptionStatus, JobStatus
 from vicap_jobs.db.tables import Caption, Image, Job, ReferenceCaption
 from vicap_jobs.errors import InputError, NotFoundError
 from vicap_jobs.settings import get_settings
+from vicap_jobs.storage.locations import is_url
 
 THUMBNAIL_SIZES = (160, 320)
 """Longest side, in pixels, of the thumbnails served (gallery, and the larger one for model samples)."""
@@ -102,12 +104,12 @@ def thumbnail_file(*, db: Engine, image_id: int, size: int = THUMBNAIL_SIZES[0],
         row = session.execute(select(Image.path, Image.sha256).where(Image.id == image_id)).first()
     if row is None:
         raise NotFoundError(f"no image with id {image_id}")
-    path, digest = Path(row[0]), row[1]
-    key = digest or f"id{image_id}-{_mtime_ns(path)}"
+    location, digest = str(row[0]), row[1]
+    key = digest or f"id{image_id}-{_version(location)}"
     cached = (cache_dir or get_settings().cache_dir) / "thumbnails" / f"{key}-{size}.jpg"
     if cached.exists():
         return cached
-    image = load_rgb(path)
+    image = load_rgb(location)
     image.thumbnail((size, size))
     cached.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=cached.parent, suffix=".tmp")
@@ -121,11 +123,17 @@ def thumbnail_file(*, db: Engine, image_id: int, size: int = THUMBNAIL_SIZES[0],
     return cached
 
 
-def _mtime_ns(path: Path) -> int:
+def _version(location: str) -> str:
+    """What tells one content of an unhashed image from the next: a local file's mtime; an object's URL.
+
+    An object is not asked for its ETag on every page view: its thumbnail is made once per URL.
+    """
+    if is_url(location):
+        return hashlib.sha1(location.encode(), usedforsecurity=False).hexdigest()[:16]
     try:
-        return path.stat().st_mtime_ns
+        return str(Path(location).stat().st_mtime_ns)
     except OSError:
-        return 0
+        return "0"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
-from pathlib import Path
 
 from sqlalchemy import Engine, select
 
@@ -42,7 +41,7 @@ def fill_perceptual_hashes(*, db: Engine, image_ids: Iterable[int]) -> int:
             if sha and sha in known:
                 hashes[image_id] = known[sha]
                 continue
-            value = _hash_file(Path(path))
+            value = _hash_file(path)
             if value is None:
                 continue
             decoded += 1
@@ -54,7 +53,8 @@ def fill_perceptual_hashes(*, db: Engine, image_ids: Iterable[int]) -> int:
     return decoded
 
 
-def _hash_file(path: Path) -> str | None:
+def _hash_file(path: str) -> str | None:
+    """The perceptual hash of a local file or object, or None when it cannot be decoded (or storage is down)."""
     with contextlib.suppress(VicapError, OSError):
         return perceptual_hash(load_rgb(path))
     return None

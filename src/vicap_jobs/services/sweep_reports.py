@@ -203,5 +203,3 @@ def run_rows(report: SweepReport) -> list[dict[str, Any]]:
         row["error"] = run.error
         rows.append(row)
     return rows
-
-

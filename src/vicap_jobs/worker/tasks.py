@@ -15,12 +15,14 @@ from typing import Any
 from celery import Task
 from sqlalchemy.exc import OperationalError as StoreConnectionError
 
+from vicap_jobs.db.session import session_scope
 from vicap_jobs.jobs.kinds import JobKind, job_kinds
+from vicap_jobs.jobs.recovery import redelivery_for_chunks
 from vicap_jobs.services.nightly import create_nightly_jobs
 from vicap_jobs.services.runs import run_job
 from vicap_jobs.worker import process
 from vicap_jobs.worker.app import TASK_NIGHTLY, TASK_REAP, app
-from vicap_jobs.worker.publish import publish_job
+from vicap_jobs.worker.publish import publish_job, publish_redelivery
 from vicap_jobs.worker.reaper import reap
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,10 @@ def _chunk_task(kind: JobKind) -> Task:
             )
         finally:
             state.heartbeat.set_chunk(None)
+        if outcome.status == "requeued":  # its photos could not be read now (object storage down): publish it again
+            with session_scope(state.db) as session:
+                plan = redelivery_for_chunks(session=session, chunk_ids=[chunk_id])
+            publish_redelivery(db=state.db, plan=plan)
         log.info(
             "chunk %d %s: %d ok, %d failed; read %.2fs infer %.2fs write %.2fs",
             chunk_id,
