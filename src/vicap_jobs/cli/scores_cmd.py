@@ -26,7 +26,7 @@ def cider_text(value: float | None) -> str | None:
     type=click.Choice(["table", *SCORE_FORMATS]),
     default="table",
     show_default=True,
-    help="table: the tables below; csv/json: one raw row per model × data set × split (scores 0..1, CIDEr-D ×10).",
+    help="table: for reading; csv/json: one raw row per model × data set × split (scores 0..1, CIDEr-D ×10).",
 )
 @out_option("File for --format csv or json")
 def scores(dataset: str | None, fmt: str, out: str | None) -> None:
