@@ -120,3 +120,38 @@ def test_url_import_errors_are_one_line(vicap_env: Path, bucket_set: tuple[str, 
     assert inline.exit_code == 1 and "hush-hush" not in inline.output and "AWS_* variables" in inline.output
     for result in (required, absent, inline):
         assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.slow
+def test_a_data_set_in_object_storage_trains_and_evaluates(
+    vicap_env: Path, s3_bucket: str, sqlite_db: Engine, tmp_path: Path
+) -> None:
+    """The synthetic set uploaded to the bucket, imported by URL: a cnn-lstm trains on it and is evaluated on it."""
+    from vicap_jobs.data.synth import generate_synth
+    from vicap_jobs.services.evaluation import evaluate_model
+    from vicap_jobs.services.runs import run_job
+    from vicap_jobs.services.training import create_train_job
+
+    synth = generate_synth(tmp_path / "synth", n_images=40, seed=1, size=32)
+    for split, folder in synth.image_dirs.items():
+        for path in sorted(folder.iterdir()):
+            write_bytes(f"{s3_bucket}/synth/images/{split}/{path.name}", path.read_bytes())
+        write_bytes(f"{s3_bucket}/synth/captions_{split}.json", synth.annotations[split].read_bytes())
+        import_file(
+            db=sqlite_db,
+            name="remote",
+            fmt="coco",
+            split=split,
+            annotations=f"{s3_bucket}/synth/captions_{split}.json",
+            images_dir=f"{s3_bucket}/synth/images/{split}",
+            require_images=True,
+        )
+    options = {"epochs": 1, "image_size": 32, "batch_size": 16}
+    job_id = create_train_job(db=sqlite_db, name="from-s3", family="cnn-lstm", dataset="remote", options=options)
+    trained = run_job(db=sqlite_db, job_id=job_id)
+    assert trained.ok, trained
+    result = evaluate_model(db=sqlite_db, model="from-s3", dataset="remote", split="test", engine_name="torch")
+    assert result.scores.n_images == synth.counts["test"]
+    with session_scope(sqlite_db) as session:
+        paths = list(session.scalars(select(Image.path).where(Image.split == "test")))
+    assert paths and all(path.startswith(f"{s3_bucket}/synth/images/test/") for path in paths)

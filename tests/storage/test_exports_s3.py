@@ -153,3 +153,20 @@ def test_scores_export_to_s3(vicap_env: Path, s3_bucket: str) -> None:
     header = invoke("scores", "--format", "csv")
     assert header.output.startswith("model,family,dataset,split,tokenization,bleu_1,")
     assert "no evaluations yet" in invoke("scores").output
+
+
+def test_hf_jsonl_keeps_an_object_url_as_the_image(captioned: tuple[Engine, int, Path]) -> None:
+    """Photos captioned from object storage: ``image`` is their URL, never an absolute path made of it."""
+    from sqlalchemy import update
+
+    from vicap_jobs.db.session import session_scope
+    from vicap_jobs.db.tables import Image
+
+    db, job_id, _ = captioned
+    with session_scope(db) as session:
+        session.execute(update(Image).values(path="s3://photos-bucket/day1/" + Image.file_name))
+    text, _ = export_captions(db=db, job_id=job_id, fmt="hf-jsonl")
+    assert [json.loads(line)["image"] for line in text.splitlines()] == [
+        "s3://photos-bucket/day1/img000.png",
+        "s3://photos-bucket/day1/img002.png",
+    ]
