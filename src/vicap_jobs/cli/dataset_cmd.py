@@ -19,6 +19,7 @@ from vicap_jobs.services.datasets import (
     profile_dataset,
     set_nightly_splits,
 )
+from vicap_jobs.storage.redact import redact
 
 
 @click.group()
@@ -105,16 +106,17 @@ def import_cmd(
     """
 
     _, db = open_store()
-    reports = import_file(
-        db=db,
-        name=name,
-        annotations=annotations,
-        fmt=fmt,
-        split=split,
-        images_dir=images_dir,
-        require_images=require_images,
-        replace=replace,
-    )
+    with console.status(f"reading {redact(images_dir or annotations)}"):  # a spinner on a terminal only
+        reports = import_file(
+            db=db,
+            name=name,
+            annotations=annotations,
+            fmt=fmt,
+            split=split,
+            images_dir=images_dir,
+            require_images=require_images,
+            replace=replace,
+        )
     for report in reports:
         console.print(
             f"imported {report.n_images} images and {report.n_captions} captions into {name!r} ({report.split})"
