@@ -30,7 +30,7 @@ from vicap_jobs.data.synth import generate_synth
 from vicap_jobs.data.text import SegmentedCaption, normalize, tokenize
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import SPLITS, Caption, Dataset, Evaluation, Image, ReferenceCaption
-from vicap_jobs.errors import DatasetFormatError, InputError, NotFoundError
+from vicap_jobs.errors import InputError, NotFoundError
 from vicap_jobs.settings import get_settings
 from vicap_jobs.storage.locations import as_location, is_url, join
 from vicap_jobs.storage.objects import ObjectError, list_image_objects, read_object
@@ -117,7 +117,9 @@ def import_file(
     ``fmt`` None: the format is told from the content. ``split`` forces the split
     of a file that holds one (over what its name implies); for a file with a
     split column it picks that split's rows. Without it, a file whose name or
-    records do not say its split is refused.
+    records do not say its split is refused. ``annotations`` and ``images_dir`` may be object
+    storage URLs (see the module docstring); a URL carrying credentials is refused, as it would be
+    stored with every image.
     """
     if split is not None and split not in SPLITS:
         raise InputError(f"--split must be one of {', '.join(SPLITS)}")
@@ -127,10 +129,7 @@ def import_file(
                 f"{redact(location)}: give object storage credentials through AWS_* variables or a profile, "
                 "not in the URL (the URL is stored with every image)"
             )
-    try:
-        parsed = read_file(annotations if is_url(annotations) else Path(annotations), fmt)
-    except DatasetFormatError as exc:
-        raise DatasetFormatError(redact(str(exc))) from None
+    parsed = read_file(annotations if is_url(annotations) else Path(annotations), fmt)
     parts = _choose_splits(parsed, split)
     base = _images_base(annotations, images_dir)
     located = {
