@@ -6,6 +6,8 @@ and runs sweeps. Reading settles the parent first (a run given up by the reaper 
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 import statistics
@@ -203,3 +205,22 @@ def run_rows(report: SweepReport) -> list[dict[str, Any]]:
         row["error"] = run.error
         rows.append(row)
     return rows
+
+
+RUN_FORMATS = ("csv", "json")
+
+
+def render_runs(report: SweepReport, fmt: str) -> str:
+    """The per-run rows of ``run_rows`` as a CSV (dicts and lists as JSON text) or a JSON list."""
+    rows = run_rows(report)
+    if fmt == "json":
+        return json.dumps(rows, indent=2, ensure_ascii=False, default=str) + "\n"
+    if fmt != "csv":
+        raise ValueError(f"unknown sweep run format {fmt!r}")
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()})
+    return buffer.getvalue()
