@@ -16,6 +16,7 @@ after a fork: fsspec resets its event loop in the child).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -37,6 +38,9 @@ T = TypeVar("T")
 
 #: Largest object read into memory as one photo: anything bigger is not a photo a captioner needs.
 MAX_OBJECT_BYTES = 256 * 1024 * 1024
+#: errno values of answers that retrying cannot change (s3fs maps S3 error codes to them: InvalidBucketName,
+#: InvalidArgument → EINVAL).
+_REFUSED = frozenset({errno.EINVAL, errno.ENAMETOOLONG, errno.EROFS})
 #: The first pause between attempts of a storage call, and the longest.
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 8.0
@@ -72,6 +76,8 @@ def with_retries(what: str, call: Callable[[], T], *, retries: int | None = None
         except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, VicapError):
             raise
         except Exception as exc:  # noqa: BLE001 - connection-level failures come as many library types
+            if isinstance(exc, OSError) and exc.errno in _REFUSED:  # the storage said no: asking again will not help
+                raise InputError(f"object storage refused {what}: {_first_line(exc)}") from None
             if attempt == attempts:
                 raise StorageUnavailable(
                     f"object storage unreachable while {what}: {type(exc).__name__}: {_first_line(exc)} "
