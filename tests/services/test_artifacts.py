@@ -352,3 +352,20 @@ def test_version_key_is_the_digests_not_the_paths_of_the_host() -> None:
     assert version_of({"a": "1", "b": "2"}) == version_of({"b": "2", "a": "1"})
     assert version_of({"a": "1"}) != version_of({"a": "2"})
     assert len(version_of({"a": "1"})) == artifacts.VERSION_DIGITS
+
+
+def test_exporting_on_a_host_without_the_folder_exports_a_copy_of_the_cache_and_publishes_it(
+    published: Host, second_host: Path, sqlite_db: Engine
+) -> None:
+    from vicap_jobs.services.exporting import export_model
+
+    before = model_by_id(db=sqlite_db, model_id=published.model_id)
+    export_model(db=sqlite_db, model=NAME)
+
+    after = model_by_id(db=sqlite_db, model_id=published.model_id)
+    here = second_host / "models" / NAME
+    assert (after.artifact_dir, after.onnx_path) == (str(here), str(here / "onnx"))
+    assert after.artifact_digests == folder_digests(here) and after.exported_at is not None
+    assert after.artifacts_url is not None and MANIFEST_NAME in remote_keys(after.artifacts_url)
+    assert after.artifacts_url.rsplit("/", 1)[0] == (before.artifacts_url or "").rsplit("/", 1)[0]
+    assert model_artifacts(after).export_dir("onnx") == cache_root() / version_of(after.artifact_digests) / "onnx"

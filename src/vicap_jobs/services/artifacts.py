@@ -238,19 +238,27 @@ def fetch_artifacts(*, name: str, url: str, digests: Mapping[str, str]) -> Path:
     version = version_of(digests)
     root = cache_root()
     target = root / version
-    with _version_lock(root, version):
+    with _version_lock(root, version, shared=True):  # worker processes verify an intact copy side by side
+        if target.is_dir() and _verified(name, version, target, digests):
+            return target
+    with _version_lock(root, version):  # one process downloads; the others wait, then find it intact
         if target.is_dir():
-            started = time.monotonic()
-            bad = _first_mismatch(target, digests)
-            if bad is None:
-                log.debug("model %s version %s verified in cache in %.2fs", name, version, time.monotonic() - started)
+            if _verified(name, version, target, digests):
                 return target
-            log.warning(
-                "cached copy of model %s version %s fails verification (%s); downloading it again", name, version, bad
-            )
             shutil.rmtree(target)
         _download(name=name, url=url, digests=digests, root=root, version=version)
     return target
+
+
+def _verified(name: str, version: str, folder: Path, digests: Mapping[str, str]) -> bool:
+    """Whether every file of the cached ``folder`` matches ``digests`` (a warning says why not)."""
+    started = time.monotonic()
+    bad = _first_mismatch(folder, digests)
+    if bad is None:
+        log.debug("model %s version %s verified in cache in %.2fs", name, version, time.monotonic() - started)
+        return True
+    log.warning("cached copy of model %s version %s fails verification (%s); downloading it again", name, version, bad)
+    return False
 
 
 def _download(*, name: str, url: str, digests: Mapping[str, str], root: Path, version: str) -> None:
@@ -321,10 +329,11 @@ def _first_mismatch(folder: Path, digests: Mapping[str, str]) -> str | None:
 
 
 @contextlib.contextmanager
-def _version_lock(root: Path, version: str) -> Iterator[None]:
-    """An exclusive lock on ``<version>.lock`` between the processes of this host (released if one dies)."""
+def _version_lock(root: Path, version: str, *, shared: bool = False) -> Iterator[None]:
+    """A lock on ``<version>.lock`` between the processes of this host (released if one dies): exclusive to
+    change the version's folder, shared to read it."""
     with (root / f"{version}.lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:
