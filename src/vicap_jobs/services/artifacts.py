@@ -136,7 +136,7 @@ def publish_artifacts(*, db: Engine, model_id: int) -> str | None:
             _put(
                 folder / relative,
                 join(url, relative),
-                same_at=_same_file(recorded_url, recorded_digests, relative, digest),
+                same_at=_same_file(root, recorded_url, recorded_digests, relative, digest),
             )
         manifest = {
             "model": name,
@@ -166,9 +166,9 @@ def publish_artifacts(*, db: Engine, model_id: int) -> str | None:
     return url
 
 
-def _same_file(url: str | None, digests: Mapping[str, str] | None, relative: str, digest: str) -> str | None:
-    """The object of the previously published version holding the same bytes at ``relative``, if any."""
-    if url is None or not digests or digests.get(relative) != digest:
+def _same_file(root: str, url: str | None, digests: Mapping[str, str] | None, relative: str, digest: str) -> str | None:
+    """The object of the previously published version (under the same ``root``) with the same bytes at ``relative``."""
+    if url is None or not url.startswith(f"{root}/") or not digests or digests.get(relative) != digest:
         return None
     return join(url, relative)
 
