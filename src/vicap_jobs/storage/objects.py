@@ -174,6 +174,16 @@ def upload_file(source: Path, url: str) -> None:
     with_retries(f"uploading {source.name} to {url}", lambda: fs.put_file(str(source), path))
 
 
+def copy_object(source: str, target: str) -> None:
+    """Copy the object ``source`` to ``target`` within one store (server-side where the store can); ObjectError if missing."""
+    fs, source_path = filesystem(source)
+    _, target_path = filesystem(target)
+    try:
+        with_retries(f"copying {source} to {target}", lambda: fs.copy(source_path, target_path))
+    except FileNotFoundError:
+        raise ObjectError(f"object not found: {source}") from None
+
+
 def download_file(url: str, target: Path) -> None:
     """Copy the object ``url`` to the local file ``target`` (retried while the storage is unreachable)."""
     fs, path = filesystem(url)
