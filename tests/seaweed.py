@@ -111,7 +111,7 @@ class SeaweedS3:
             f"-s3.port.grpc={p['s3_grpc']}",
             f"-s3.config={self.config}",
             "-master.volumeSizeLimitMB=64",
-            "-volume.max=30",
+            "-volume.max=1000",  # each new bucket (collection) grows 7 volumes at once: 30 ran out after 4 buckets
             "-iam=false",
             "-metricsPort=0",
             "-s3.port.iceberg=0",  # extra gateways on fixed ports: two servers would collide

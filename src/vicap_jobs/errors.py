@@ -50,3 +50,7 @@ class UnknownNameError(VicapError):
 
     def __init__(self, kind: str, name: str, valid: list[str] | tuple[str, ...]) -> None:
         super().__init__(f"unknown {kind} {name!r}; choose one of: {', '.join(sorted(valid))}")
+
+
+class ArtifactDigestError(VicapError):
+    """A model's downloaded file is missing or does not hash to the digest the store recorded; it is not used."""

@@ -351,3 +351,48 @@ def test_0005_adds_cider_d_null_for_older_evaluations_and_to_the_view(empty_url:
             assert "cider_d" not in {column["name"] for column in inspect(c).get_columns("evaluations")}
     finally:
         engine.dispose()
+
+
+def test_0006_adds_artifact_columns_null_for_older_models_and_keeps_the_view(empty_url: str) -> None:
+    """A model stored at 0005 reads back local-only (both columns NULL); its scores stay in latest_scores both ways."""
+    migrate.upgrade(empty_url, "0005")
+    engine = make_engine(empty_url)
+    t0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+    try:
+        with engine.begin() as c:
+            c.execute(
+                text("INSERT INTO datasets (id, name, format, created_at) VALUES (1, 'uitviic', 'coco', :t)"), {"t": t0}
+            )
+            c.execute(
+                text(
+                    "INSERT INTO models (id, name, family, artifact_dir, onnx_quantized, hyperparameters, created_at) "
+                    "VALUES (3, 'm', 'cnn-lstm', '/models/m', :no, '{}', :t)"
+                ),
+                {"no": False, "t": t0},
+            )
+            c.execute(
+                text(
+                    "INSERT INTO evaluations (id, model_id, dataset_id, split, tokenization, bleu_1, bleu_2, bleu_3, "
+                    "bleu_4, rouge_l, n_images, is_baseline, created_at) "
+                    "VALUES (5, 3, 1, 'test', 'syllable', 0.6, 0.4, 0.3, 0.2, 0.5, 10, :no, :t)"
+                ),
+                {"no": False, "t": t0},
+            )
+        migrate.upgrade(empty_url, "0006")
+        with engine.begin() as c:
+            assert c.execute(text("SELECT artifacts_url, artifact_digests FROM models")).all() == [(None, None)]
+            assert c.execute(text("SELECT evaluation_id, model_name FROM latest_scores")).all() == [(5, "m")]
+            c.execute(
+                text("UPDATE models SET artifacts_url = 's3://b/a/m/0123456789abcdef', artifact_digests = :d"),
+                {"d": '{"config.json": "ab"}'},
+            )
+        with engine.connect() as c:
+            row = c.execute(select(t.Model.artifacts_url, t.Model.artifact_digests)).one()
+            assert tuple(row) == ("s3://b/a/m/0123456789abcdef", {"config.json": "ab"})
+        migrate.downgrade(empty_url, "0005")
+        with engine.connect() as c:
+            assert c.execute(text("SELECT evaluation_id, model_name FROM latest_scores")).all() == [(5, "m")]
+            columns = {column["name"] for column in inspect(c).get_columns("models")}
+            assert not columns & {"artifacts_url", "artifact_digests"}
+    finally:
+        engine.dispose()

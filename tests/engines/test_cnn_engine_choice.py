@@ -47,11 +47,14 @@ def attn_unexported(tmp_path_factory: pytest.TempPathFactory) -> ModelArtifacts:
 
 
 def test_the_fastest_agreeing_engine_wins(vicap_env: Path, attn: ModelArtifacts) -> None:
-    chosen = choose_engine(attn, SPEC, threads=1, timer=clock(onnx=4.0, openvino_int8=1.0, onnx_int8=1.5))
-    assert chosen.engine == "openvino-int8" and chosen.default == "onnx"
-    assert chosen.reason == "openvino-int8: 4.00x fp32 on this machine, 100% same tokens"
+    # OpenVINO fp32 is the one candidate that agrees with onnxruntime fp32 on every CPU: the int8 engines
+    # agree on 100% of this tiny model's images on Intel (VNNI) but only 88% on AMD EPYC (2026-11-30), where they
+    # rightly lose; which engine may win is the engines' business, which one does is this test's.
+    chosen = choose_engine(attn, SPEC, threads=1, timer=clock(onnx=4.0, openvino=1.0, onnx_int8=1.5))
+    assert chosen.engine == "openvino" and chosen.default == "onnx"
+    assert chosen.reason == "openvino: 4.00x fp32 on this machine, 100% same tokens"
     assert set(chosen.seconds) >= {"onnx", "openvino-int8", "onnx-int8", "torch-bf16", "openvino"}
-    assert all(value >= MIN_AGREEMENT for value in chosen.agreements.values())
+    assert chosen.agreements["openvino"] >= MIN_AGREEMENT
     assert len(choice_files()) == 1 and not chosen.failed
 
 
@@ -79,8 +82,8 @@ def test_a_cpu_without_bf16_counts_the_bf16_engine_out_and_caches_that(
     monkeypatch.setattr(ov_engine, "cpu_capabilities", lambda: frozenset({"FP32", "INT8"}))
     with pytest.raises(EngineUnavailableError, match="needs a CPU with bf16 instructions"):
         load_engine("openvino-bf16", attn)
-    chosen = choose_engine(attn, SPEC, threads=1, timer=clock(onnx=4.0, openvino_bf16=0.5, openvino_int8=1.0))
-    assert chosen.engine == "openvino-int8"
+    chosen = choose_engine(attn, SPEC, threads=1, timer=clock(onnx=4.0, openvino_bf16=0.5, openvino=1.0))
+    assert chosen.engine == "openvino"  # the fastest that runs here and agrees on any CPU (see the first test)
     assert chosen.skipped == {
         "openvino-bf16": "engine 'openvino-bf16' needs a CPU with bf16 instructions (AVX512-BF16 or AMX)"
     }
@@ -96,7 +99,9 @@ def test_without_an_onnx_export_torch_is_the_reference(vicap_env: Path, attn_une
     # once exported, the export files are part of the cache key: measured again, the ONNX engines now run
     exported = export_all(attn_unexported.checkpoint_dir)
     again = choose_engine(exported, SPEC, threads=1, timer=clock(onnx=2.0, openvino=1.0))
-    assert again.engine == "openvino" and not again.cached and again.skipped == {}
+    assert again.engine == "openvino" and not again.cached
+    # nothing is skipped for a missing export any more; bf16 still needs the instructions (skipped on AMD EPYC)
+    assert set(again.skipped) <= {"openvino-bf16"} and not any("export" in why for why in again.skipped.values())
 
 
 def test_a_gpu_worker_never_picks_a_cpu_only_engine(

@@ -199,13 +199,31 @@ def family_of(artifacts: ModelArtifacts) -> str:
     return str(load_checkpoint(artifacts.checkpoint_dir).manifest["family"])
 
 
+def engines_here(artifacts: ModelArtifacts, **options: object) -> dict[str, CaptionEngine]:
+    """Every engine of the family that this CPU can run, loaded; only a bf16 engine may be missing (no bf16 instructions)."""
+    spec = get_family(family_of(artifacts))
+    loaded = {}
+    for name in spec.engine_names:
+        try:
+            loaded[name] = load_engine(name, artifacts, **options)  # type: ignore[arg-type]
+        except EngineUnavailableError:
+            assert spec.engine_class(name).precision == "bf16", name  # AMD EPYC here has no AVX512-BF16 / AMX
+    return loaded
+
+
 def test_every_engine_gives_the_torch_captions_on_a_trained_model(trained: ModelArtifacts) -> None:
     images = trained_images() + fixture_images(4, seed=5)
-    spec = get_family(family_of(trained))
-    captions = {name: load_engine(name, trained, threads=1).caption(images) for name in spec.engine_names}
+    engines = engines_here(trained, threads=1)
+    captions = {name: engine.caption(images) for name, engine in engines.items()}
     assert captions["torch"][:4] == list(CAPTIONS)  # the fixture really is trained
     for name, got in captions.items():
-        assert got == captions["torch"], name
+        if engines[name].precision == "int8":
+            # On the images it was trained on, int8 must say what torch says. On random noise (no answer is right)
+            # it agreed with torch on Intel (VNNI) but not on AMD EPYC (2026-11-30: 2 of 4 noise images differ),
+            # where onnxruntime's u8s8 kernels without VNNI round differently; engines/choice.py measures that.
+            assert got[:4] == captions["torch"][:4], name
+        else:
+            assert got == captions["torch"], name
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])
@@ -253,8 +271,6 @@ def test_bf16_engines_really_compute_in_bf16(long: ModelArtifacts) -> None:
 def test_engines_preprocess_by_the_checkpoint_policy(trained: ModelArtifacts) -> None:
     policy = load_checkpoint(trained.checkpoint_dir).preprocessing
     images = fixture_images(2, seed=4, size=50)
-    spec = get_family(family_of(trained))
-    for name in spec.engine_names:
-        engine = load_engine(name, trained)
+    for engine in engines_here(trained).values():
         assert engine.preprocessing == policy
         np.testing.assert_array_equal(engine.preprocess(images), policy.apply(images))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from vicap_jobs.cli.common import err_console, open_store
+from vicap_jobs.cli.outputs import out_option
 from vicap_jobs.services.captions_export import FORMATS, export_captions
+from vicap_jobs.storage.redact import redact
 
 
 @click.group()
@@ -24,10 +24,8 @@ def captions() -> None:
 @captions.command()
 @click.argument("job_id", type=int)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="coco-json", show_default=True)
-@click.option(
-    "--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Output file (default: stdout)."
-)
-def export(job_id: int, fmt: str, out: Path | None) -> None:
+@out_option()
+def export(job_id: int, fmt: str, out: str | None) -> None:
     """Export the captions of caption or evaluate job JOB_ID.
 
     `coco-json` is the COCO results format `[{"image_id", "caption"}]` with the
@@ -39,6 +37,11 @@ def export(job_id: int, fmt: str, out: Path | None) -> None:
     Hugging Face `datasets.load_dataset("json", data_files=...)`. Both list
     captioned images only.
 
+    `--out` takes a local path or an object storage URL (`s3://`, `gs://`, any
+    fsspec URL); credentials come from the storage library's usual places
+    (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL, profiles,
+    instance roles).
+
     Example:
 
     \b
@@ -46,6 +49,7 @@ def export(job_id: int, fmt: str, out: Path | None) -> None:
         vicap-jobs captions export 12 --format viecap4h --out results.json
         vicap-jobs captions export 12 --format hf-jsonl --out train.jsonl
         vicap-jobs captions export 12 --format jsonl | head
+        vicap-jobs captions export 12 --format csv --out s3://team-bucket/exports/job-12.csv
     """
 
     _, db = open_store()
@@ -53,4 +57,4 @@ def export(job_id: int, fmt: str, out: Path | None) -> None:
     if out is None:
         click.echo(text, nl=False)
     else:
-        err_console.print(f"{n_rows} caption(s) of job {job_id} written to {out}")
+        err_console.print(f"{n_rows} caption(s) of job {job_id} written to {redact(out)}", markup=False)

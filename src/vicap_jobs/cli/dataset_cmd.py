@@ -19,6 +19,7 @@ from vicap_jobs.services.datasets import (
     profile_dataset,
     set_nightly_splits,
 )
+from vicap_jobs.storage.redact import redact
 
 
 @click.group()
@@ -52,13 +53,19 @@ DATASET_FORMAT = choices.RegistryChoice("data set format", lambda: FORMATS)
     + ".",
 )
 @click.option(
-    "--annotations", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The captions file."
+    "--annotations",
+    type=str,
+    required=True,
+    metavar="FILE|URL",
+    help="The captions file: a local path or an object storage URL (s3://bucket/captions.json).",
 )
 @click.option(
     "--images",
     "images_dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Folder the file names are relative to (default: the captions file's folder).",
+    type=str,
+    metavar="FOLDER|URL",
+    help="Folder or object storage prefix (s3://bucket/photos/) the file names are relative to "
+    "(default: the captions file's folder).",
 )
 @click.option(
     "--split",
@@ -72,13 +79,18 @@ DATASET_FORMAT = choices.RegistryChoice("data set format", lambda: FORMATS)
 def import_cmd(
     name: str,
     fmt: str | None,
-    annotations: Path,
-    images_dir: Path | None,
+    annotations: str,
+    images_dir: str | None,
     split: str | None,
     require_images: bool,
     replace: bool,
 ) -> None:
     """Import the split(s) of a captions file (all of them or nothing).
+
+    The captions file and the images may be in object storage (`s3://`, `gs://`,
+    any fsspec URL; credentials from AWS_* variables, profiles or instance
+    roles): image rows then record the object URLs, the prefix is listed once
+    for missing images, and each object is read once for its sha256.
 
     Example:
 
@@ -89,19 +101,22 @@ def import_cmd(
         vicap-jobs dataset import ktvic --annotations ktvic/test_data.json --images ktvic/public-test-images
         vicap-jobs dataset import mine --annotations captions.csv    # file,caption,split columns
         vicap-jobs dataset import kaggle --format captions-txt --split test --annotations test/captions.txt
+        vicap-jobs dataset import uitviic --format coco --split test \\
+            --annotations s3://team-bucket/uitviic/uitviic_captions_test2017.json --images s3://team-bucket/coco/val2017/
     """
 
     _, db = open_store()
-    reports = import_file(
-        db=db,
-        name=name,
-        annotations=annotations,
-        fmt=fmt,
-        split=split,
-        images_dir=images_dir,
-        require_images=require_images,
-        replace=replace,
-    )
+    with console.status(f"reading {redact(images_dir or annotations)}"):  # a spinner on a terminal only
+        reports = import_file(
+            db=db,
+            name=name,
+            annotations=annotations,
+            fmt=fmt,
+            split=split,
+            images_dir=images_dir,
+            require_images=require_images,
+            replace=replace,
+        )
     for report in reports:
         console.print(
             f"imported {report.n_images} images and {report.n_captions} captions into {name!r} ({report.split})"
@@ -111,7 +126,7 @@ def import_cmd(
                 f"[yellow]{report.n_missing} image files are missing[/] (captions kept for text and metrics), e.g.:"
             )
             for path in report.missing_examples:
-                console.print(f"  {path}")
+                console.print(f"  {path}", markup=False)
 
 
 @dataset.command()

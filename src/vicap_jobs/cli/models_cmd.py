@@ -47,7 +47,7 @@ def list_cmd() -> None:
         return
     print_table(
         "models",
-        ["name", "family", "backbone", "image size", "onnx", "created"],
+        ["name", "family", "backbone", "image size", "onnx", "published", "created"],
         [
             [
                 m.name,
@@ -55,6 +55,7 @@ def list_cmd() -> None:
                 m.backbone,
                 m.image_size,
                 "int8" if m.onnx_quantized else ("yes" if m.onnx_path else "no"),
+                "yes" if m.artifacts_url else "no",
                 m.created_at.strftime("%Y-%m-%d %H:%M"),
             ]
             for m in rows
@@ -97,6 +98,8 @@ def show(name: str) -> None:
             ["artifacts", m.artifact_dir],
             ["onnx", m.onnx_path],
             ["onnx int8", m.onnx_quantized],
+            ["published", m.artifacts_url or "no: the files are only on the host that wrote them"],
+            ["files", len(m.artifact_digests) if m.artifact_digests else None],
             ["created", m.created_at.isoformat(timespec="seconds")],
             *engine_rows,
         ],

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import click
 
-from vicap_jobs.cli.common import console, open_store, print_table
-from vicap_jobs.services.scores import baselines, latest_scores
+from vicap_jobs.cli.common import console, err_console, open_store, print_table
+from vicap_jobs.cli.outputs import out_option
+from vicap_jobs.errors import InputError
+from vicap_jobs.services.outputs import write_output
+from vicap_jobs.services.scores import SCORE_FORMATS, baselines, latest_scores, render_scores
 
 SCALE_NOTE = "BLEU and ROUGE-L × 100; CIDEr-D on its own ×10 scale"
 
@@ -17,7 +20,16 @@ def cider_text(value: float | None) -> str | None:
 
 @click.command()
 @click.option("--dataset", help="Only this data set.")
-def scores(dataset: str | None) -> None:
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", *SCORE_FORMATS]),
+    default="table",
+    show_default=True,
+    help="table: for reading; csv/json: one raw row per model × data set × split (scores 0..1, CIDEr-D ×10).",
+)
+@out_option("File for --format csv or json")
+def scores(dataset: str | None, fmt: str, out: str | None) -> None:
     """Show the newest BLEU-1..4 / ROUGE-L / CIDEr-D of every model beside the blind baseline.
 
     BLEU and ROUGE-L are shown × 100; CIDEr-D as pycocoevalcap reports it (×10
@@ -31,10 +43,21 @@ def scores(dataset: str | None) -> None:
     \b
         vicap-jobs scores
         vicap-jobs scores --dataset uitviic
+        vicap-jobs scores --format csv --out s3://team-bucket/reports/scores.csv
     """
 
+    if out is not None and fmt == "table":
+        raise InputError("--out writes --format csv or json; add one of them")
     _, db = open_store()
     rows = latest_scores(db=db, dataset=dataset)
+    if fmt != "table":
+        text = render_scores(rows, fmt)
+        if out is None:
+            click.echo(text, nl=False)
+        else:
+            shown = write_output(out, text)
+            err_console.print(f"{len(rows)} score row(s) written to {shown}", markup=False)
+        return
     if not rows:
         console.print("no evaluations yet; run `vicap-jobs evaluate --model NAME --dataset NAME --split test`")
     else:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-
 import click
 
-from vicap_jobs.cli.common import console, open_store, print_table
-from vicap_jobs.errors import NotFoundError
-from vicap_jobs.services.sweep_reports import Stat, SweepReport, run_rows, sweep_report
+from vicap_jobs.cli.common import console, err_console, open_store, print_table
+from vicap_jobs.cli.outputs import out_option
+from vicap_jobs.errors import InputError, NotFoundError
+from vicap_jobs.services.outputs import write_output
+from vicap_jobs.services.sweep_reports import Stat, SweepReport, render_runs, sweep_report
 from vicap_jobs.services.sweeps import METRICS, find_sweep_id
 
 NAMES = {"bleu_1": "BLEU-1", "bleu_2": "BLEU-2", "bleu_3": "BLEU-3", "bleu_4": "BLEU-4", "rouge_l": "ROUGE-L"}
@@ -26,7 +24,7 @@ def sweeps() -> None:
 
     \b
         vicap-jobs sweeps show lr-study
-        vicap-jobs sweeps show lr-study --format csv > lr-study.csv
+        vicap-jobs sweeps show lr-study --format csv --out s3://team-bucket/sweeps/lr-study.csv
     """
 
 
@@ -40,7 +38,8 @@ def sweeps() -> None:
     show_default=True,
     help="table: one row per grid point (mean ± std over repeats); csv/json: one raw row per run.",
 )
-def show(name: str, fmt: str) -> None:
+@out_option("File for --format csv or json")
+def show(name: str, fmt: str, out: str | None) -> None:
     """Test scores of sweep NAME per grid point (mean ± std over repeats) beside the blind baseline.
 
     Scores are on the test split, ×100. Rows marked `below baseline` did not beat
@@ -52,23 +51,21 @@ def show(name: str, fmt: str) -> None:
     \b
         vicap-jobs sweeps show lr-study
         vicap-jobs sweeps show lr-study --format json
+        vicap-jobs sweeps show lr-study --format csv --out s3://team-bucket/sweeps/lr-study.csv
     """
+    if out is not None and fmt == "table":
+        raise InputError("--out writes --format csv or json; add one of them")
     _, db = open_store()
     report = sweep_report(db=db, name=name)
-    if fmt == "json":
-        click.echo(json.dumps(run_rows(report), indent=2, ensure_ascii=False, default=str))
+    if fmt == "table":
+        _print_report(report)
         return
-    if fmt == "csv":
-        rows = run_rows(report)
-        buffer = io.StringIO()
-        if rows:
-            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()})
-        click.echo(buffer.getvalue(), nl=False)
+    text = render_runs(report, fmt)
+    if out is None:
+        click.echo(text, nl=False)
         return
-    _print_report(report)
+    shown = write_output(out, text)
+    err_console.print(f"{len(report.runs)} run(s) of sweep {name} written to {shown}", markup=False)
 
 
 @sweeps.command()

@@ -22,7 +22,9 @@ without touching the store, and raise DatasetFormatError naming the file, the
 record (``annotations[3]``, ``line 7``) and what is wrong, so nothing is ever
 half-imported. A file names its split by its name (``uit-openviic-dev.json``,
 ``test_data.json``) or by a split column (csv, jsonl), which may carry several
-splits at once; otherwise the importer needs ``--split``.
+splits at once; otherwise the importer needs ``--split``. A file at an object storage URL
+(``s3://bucket/captions.json``) is read whole through ``vicap_jobs.storage`` and parsed the same
+way; its location stays a ``str`` (``Path`` would fold ``s3://`` into ``s3:/``).
 
 The VieCap4H layout could not be checked against the organisers' release
 (aihub.vn is out of reach here). It follows public solutions of the challenge:
@@ -46,7 +48,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vicap_jobs.errors import DatasetFormatError, UnknownNameError
+from vicap_jobs.errors import DatasetFormatError, InputError, UnknownNameError
+from vicap_jobs.storage.locations import is_url, name_of
+from vicap_jobs.storage.objects import read_text
+
+#: A captions file: a local path, or an object storage URL (``s3://bucket/captions.json``) kept as text.
+Location = Path | str
 
 # The store's split names (vicap_jobs.db.tables.SPLITS), and the names data sets use for them.
 SPLIT_NAMES = {
@@ -89,7 +96,7 @@ class ParsedImage:
 class ParsedSplit:
     """The images of one split of a file; ``split`` is None when the file does not say which split."""
 
-    source: Path
+    source: Location
     images: list[ParsedImage]
     split: str | None = None
 
@@ -102,7 +109,7 @@ class ParsedSplit:
 class ParsedFile:
     """A whole captions file: its format and one ParsedSplit per split it holds."""
 
-    source: Path
+    source: Location
     format: str
     splits: list[ParsedSplit]
     split_column: bool = False  # True when the splits come from a per-record split field
@@ -120,17 +127,21 @@ class DatasetFormat:
 class _Source:
     """A captions file read (and parsed as JSON) at most once, shared by the sniffer and the reader."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Location) -> None:
+        self.path: Location = path if is_url(path) else Path(path)
 
     @functools.cached_property
     def text(self) -> str:
         try:
+            if isinstance(self.path, str):  # a URL: read whole through vicap_jobs.storage (retried, one GET)
+                return read_text(self.path).removeprefix("\ufeff")
             return self.path.read_text(encoding="utf-8-sig")
-        except FileNotFoundError:
+        except (FileNotFoundError, InputError):
             raise DatasetFormatError(f"{self.path}: file not found") from None
         except IsADirectoryError:
             raise DatasetFormatError(f"{self.path}: is a folder, not a captions file") from None
+        except PermissionError:
+            raise DatasetFormatError(f"{self.path}: access denied") from None
         except UnicodeDecodeError as exc:
             raise DatasetFormatError(f"{self.path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
@@ -147,7 +158,7 @@ class _Source:
 # --------------------------------------------------------------------------- COCO-like JSON
 
 
-def read_coco_captions(path: Path) -> ParsedSplit:
+def read_coco_captions(path: Location) -> ParsedSplit:
     """Parse a COCO captions JSON: ``images[]`` (id, file_name) and ``annotations[]`` (image_id, caption)."""
     return _read_coco(_Source(path)).splits[0]
 
@@ -215,13 +226,18 @@ def _valid_id(value: Any, integer_only: bool) -> bool:
     return not integer_only and isinstance(value, str) and bool(value.strip())
 
 
-def _openviic_split(path: Path) -> str | None:
-    match = re.search(r"openviic[-_](train|dev|val|valid|test)\b", path.stem.lower())
+def _stem(path: Location) -> str:
+    """The file name without its suffix, lower-cased, for a path or a URL alike."""
+    return Path(name_of(path)).stem.lower()
+
+
+def _openviic_split(path: Location) -> str | None:
+    match = re.search(r"openviic[-_](train|dev|val|valid|test)\b", _stem(path))
     return SPLIT_NAMES[match.group(1)] if match else None
 
 
-def _ktvic_split(path: Path) -> str | None:
-    match = re.fullmatch(r"(train|test|val|dev)_data", path.stem.lower())
+def _ktvic_split(path: Location) -> str | None:
+    match = re.fullmatch(r"(train|test|val|dev)_data", _stem(path))
     return SPLIT_NAMES[match.group(1)] if match else None
 
 
@@ -231,7 +247,7 @@ def _ktvic_split(path: Path) -> str | None:
 def _read_viecap4h(source: _Source) -> ParsedFile:
     """``[{"id": "<file name>", "captions": "<text>"}]`` (or the COCO-converted variant)."""
     path, data = source.path, source.json
-    split = "train" if "train" in path.stem.lower() else None
+    split = "train" if "train" in _stem(path) else None
     if isinstance(data, dict) and "images" in data and "annotations" in data:
         return ParsedFile(path, "viecap4h", [_coco_like(source, file_key="file_name", integer_ids=False, split=split)])
     if not isinstance(data, list):
@@ -254,7 +270,7 @@ def _read_viecap4h(source: _Source) -> ParsedFile:
     return ParsedFile(path, "viecap4h", [ParsedSplit(path, list(by_name.values()), split)])
 
 
-def _caption_lines(value: Any, path: Path, where: str) -> list[str]:
+def _caption_lines(value: Any, path: Location, where: str) -> list[str]:
     """A ``captions`` value: one text with one caption per line, or a list of texts."""
     if isinstance(value, str):
         texts: list[Any] = [line for line in value.splitlines() if line.strip()]
@@ -270,7 +286,7 @@ def _caption_lines(value: Any, path: Path, where: str) -> list[str]:
 # --------------------------------------------------------------------------- captions.txt, CSV, JSON Lines
 
 
-def read_captions_txt(path: Path) -> ParsedSplit:
+def read_captions_txt(path: Location) -> ParsedSplit:
     """Parse ``captions.txt``: one ``image_path<TAB>caption`` per line (a header line is allowed)."""
     return _read_captions_txt(_Source(path)).splits[0]
 
@@ -365,7 +381,9 @@ def _read_jsonl(source: _Source) -> ParsedFile:
     return _group(path, "jsonl", records, bool(has_split))
 
 
-def _group(path: Path, fmt: str, records: Iterable[tuple[Any, Any, str | None, str]], split_column: bool) -> ParsedFile:
+def _group(
+    path: Location, fmt: str, records: Iterable[tuple[Any, Any, str | None, str]], split_column: bool
+) -> ParsedFile:
     """(file, caption, split, where) records → one ParsedSplit per split, images in first-seen order."""
     splits: dict[str | None, dict[str, ParsedImage]] = {}
     for name, caption, split, where in records:
@@ -380,7 +398,7 @@ def _group(path: Path, fmt: str, records: Iterable[tuple[Any, Any, str | None, s
     return ParsedFile(path, fmt, parsed, split_column=split_column)
 
 
-def _split_value(value: Any, path: Path, where: str) -> str:
+def _split_value(value: Any, path: Location, where: str) -> str:
     name = SPLIT_NAMES.get(value.strip().lower()) if isinstance(value, str) else None
     if name is None:
         raise DatasetFormatError(
@@ -414,7 +432,7 @@ def get_format(name: str) -> DatasetFormat:
     return REGISTRY[name]
 
 
-def detect_format(path: Path) -> str:
+def detect_format(path: Location) -> str:
     """The format of a captions file, told from its content (and, for COCO-style files, its name)."""
     return _detect(_Source(path))
 
@@ -444,7 +462,7 @@ def _detect(source: _Source) -> str:
     )
 
 
-def _json_layout(path: Path, data: Any) -> str | None:
+def _json_layout(path: Location, data: Any) -> str | None:
     if isinstance(data, dict) and "images" in data and "annotations" in data:
         images, annotations = data["images"], data["annotations"]
         first_image = images[0] if isinstance(images, list) and images and isinstance(images[0], dict) else {}
@@ -452,7 +470,7 @@ def _json_layout(path: Path, data: Any) -> str | None:
             "filename" in first_image and "file_name" not in first_image
         ):
             return "ktvic"
-        if _openviic_split(path) is not None or "openviic" in path.stem.lower():
+        if _openviic_split(path) is not None or "openviic" in _stem(path):
             return "uit-openviic"
         return "coco"
     if isinstance(data, dict) and any(k in data for k in FILE_COLUMNS) and any(k in data for k in CAPTION_COLUMNS):
@@ -473,13 +491,13 @@ def _is_json_object(line: str) -> bool:
         return False
 
 
-def read_file(path: Path, fmt: str | None = None) -> ParsedFile:
+def read_file(path: Location, fmt: str | None = None) -> ParsedFile:
     """Parse a captions file in ``fmt``, or in the format its content shows when ``fmt`` is None."""
     source = _Source(path)
     return get_format(fmt if fmt is not None else _detect(source)).read(source)
 
 
-def read_split(path: Path, fmt: str) -> ParsedSplit:
+def read_split(path: Location, fmt: str) -> ParsedSplit:
     """Parse a file that holds one split (every format but a csv / jsonl with a split column)."""
     parsed = read_file(path, fmt)
     if len(parsed.splits) != 1:
@@ -491,25 +509,25 @@ def read_split(path: Path, fmt: str) -> ParsedSplit:
 # --------------------------------------------------------------------------- field checks
 
 
-def _as_list(value: Any, path: Path, key: str) -> list[dict[str, Any]]:
+def _as_list(value: Any, path: Location, key: str) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
         raise DatasetFormatError(f"{path}: '{key}' must be a list of objects")
     return value
 
 
-def _required(entry: dict[str, Any], key: str, path: Path, where: str) -> Any:
+def _required(entry: dict[str, Any], key: str, path: Location, where: str) -> Any:
     if key not in entry:
         raise DatasetFormatError(f"{path}: {where} is missing '{key}'")
     return entry[key]
 
 
-def _clean_caption(caption: Any, path: Path, where: str) -> str:
+def _clean_caption(caption: Any, path: Location, where: str) -> str:
     if not isinstance(caption, str) or not caption.strip():
         raise DatasetFormatError(f"{path}: {where} has an empty caption")
     return unicodedata.normalize("NFC", caption.strip())
 
 
-def _clean_segmented(value: Any, path: Path, where: str) -> str | None:
+def _clean_segmented(value: Any, path: Location, where: str) -> str | None:
     """KTVIC's ``segment_caption``: absent (pyvi will segment) or a non-empty text."""
     if value is None:
         return None

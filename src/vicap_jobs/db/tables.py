@@ -137,6 +137,16 @@ class Model(Base):
     onnx_quantized: Mapped[bool] = mapped_column(Boolean, default=False)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     vocabulary: Mapped[str | None] = mapped_column(Text, comment="vocabulary file or tokenizer reference")
+    artifacts_url: Mapped[str | None] = mapped_column(
+        Text,
+        comment="object storage folder of this version of the files (VICAP_ARTIFACTS_URL/<name>/<version>), "
+        "MANIFEST.json written last; NULL: the files are only in artifact_dir on the host that wrote them",
+    )
+    artifact_digests: Mapped[dict[str, str] | None] = mapped_column(
+        JSON,
+        comment="{path relative to artifact_dir: sha256} of every published file; workers verify downloads "
+        "against these; NULL when not published",
+    )
     tokenization: Mapped[str | None] = mapped_column(String(20))
     image_size: Mapped[int | None] = mapped_column(Integer)
     dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), comment="trained on")

@@ -10,11 +10,15 @@ carry every image, errors and their reasons included.
 
 ``viecap4h`` is the VLSP 2021 VieCap4H submission, ``[{"id": "<file name>",
 "captions": "<text>"}]``. ``hf-jsonl`` is one ``{"image": "<absolute path>",
-"file_name": ..., "text": ...}`` object per line, which Hugging Face
+"file_name": ..., "text": ...}`` object per line (``image`` is the object URL as is for photos in object
+storage), which Hugging Face
 ``datasets.load_dataset("json", data_files=...)`` loads as is (cast ``image``
 to ``datasets.Image()`` to decode the photos; checked by hand with datasets 5.2.0 on
 2026-11-30: 5 rows, images decoded, Vietnamese text intact; ``datasets`` is not a dependency, the
 tests check the shape). Both list captioned images only.
+
+``out`` is a local path or an object storage URL (``s3://bucket/key.json``), written whole or not
+at all by ``services.outputs.write_output``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Caption, Image, Job
 from vicap_jobs.errors import InputError, NotFoundError, UnknownNameError
 from vicap_jobs.jobs.lifecycle import get_job
+from vicap_jobs.services.outputs import write_output
+from vicap_jobs.storage.locations import is_url
 
 FORMATS = ("coco-json", "csv", "jsonl", "viecap4h", "hf-jsonl")
 CAPTIONED_ONLY = frozenset({"coco-json", "viecap4h", "hf-jsonl"})  # formats that leave failed images out
@@ -94,7 +100,7 @@ def render(captions: list[ExportedCaption], fmt: str) -> str:
         submission = [{"id": c.file_name, "captions": c.caption} for c in ok]
         return json.dumps(submission, ensure_ascii=False, indent=1) + "\n"
     if fmt == "hf-jsonl":
-        rows = ({"image": os.path.abspath(c.path), "file_name": c.file_name, "text": c.caption} for c in ok)
+        rows = ({"image": _absolute(c.path), "file_name": c.file_name, "text": c.caption} for c in ok)
         return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     if fmt == "jsonl":
         return "".join(json.dumps(asdict(c), ensure_ascii=False) + "\n" for c in captions)
@@ -108,8 +114,16 @@ def render(captions: list[ExportedCaption], fmt: str) -> str:
     raise UnknownNameError("export format", fmt, FORMATS)
 
 
-def export_captions(*, db: Engine, job_id: int, fmt: str, out: Path | None = None) -> tuple[str, int]:
-    """Render the job's captions in ``fmt``; write them to ``out`` when given. Returns (text, rows written)."""
+def _absolute(path: str) -> str:
+    """An image's location for a file that outlives this folder: an absolute path, or the URL as is."""
+    return path if is_url(path) else os.path.abspath(path)
+
+
+def export_captions(*, db: Engine, job_id: int, fmt: str, out: str | Path | None = None) -> tuple[str, int]:
+    """Render the job's captions in ``fmt``; write them to ``out`` (a path or URL) when given.
+
+    Returns (text, rows written).
+    """
     if fmt not in FORMATS:
         raise UnknownNameError("export format", fmt, FORMATS)
     with session_scope(db) as session:
@@ -122,9 +136,5 @@ def export_captions(*, db: Engine, job_id: int, fmt: str, out: Path | None = Non
     text = render(captions, fmt)
     n_rows = sum(c.status == "ok" for c in captions) if fmt in CAPTIONED_ONLY else len(captions)
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        temporary = out.with_name(f".{out.name}.tmp")
-        temporary.write_text(text, encoding="utf-8", newline="")
-        temporary.replace(out)
+        write_output(out, text)
     return text, n_rows

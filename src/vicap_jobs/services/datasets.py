@@ -1,9 +1,22 @@
-"""Data sets in the store: import a split in one transaction, list, describe, load samples."""
+"""Data sets in the store: import a split in one transaction, list, describe, load samples.
+
+The captions file and the images folder may be local or object storage URLs (``s3://bucket/…``,
+any fsspec URL). An image row's ``path`` is then the object's URL, and its ``sha256`` is computed
+from the object's bytes as it is for a local file, because the rest of the project reads
+"sha256 IS NULL" as "file missing" (evaluation, training, overlap checks): importing a prefix reads
+every object once, ``VICAP_STORAGE_CONCURRENCY`` at a time (the local import reads every file once
+too). The prefix is listed once; a file name the listing does not hold is missing, with the same
+rules as a missing local file. ``width``/``height`` of an object come from the captions file when
+it gives them (COCO does), else stay NULL: no header is probed.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +31,10 @@ from vicap_jobs.data.text import SegmentedCaption, normalize, tokenize
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import SPLITS, Caption, Dataset, Evaluation, Image, ReferenceCaption
 from vicap_jobs.errors import InputError, NotFoundError
+from vicap_jobs.settings import get_settings
+from vicap_jobs.storage.locations import as_location, is_url, join
+from vicap_jobs.storage.objects import ObjectError, list_image_objects, read_object
+from vicap_jobs.storage.redact import has_inline_secret, redact
 
 MISSING_SHOWN = 5
 
@@ -58,8 +75,8 @@ def import_split(
     db: Engine,
     name: str,
     fmt: str,
-    annotations: Path,
-    images_dir: Path | None,
+    annotations: str | Path,
+    images_dir: str | Path | None,
     split: str,
     require_images: bool = False,
     replace: bool = False,
@@ -88,10 +105,10 @@ def import_file(
     *,
     db: Engine,
     name: str,
-    annotations: Path,
+    annotations: str | Path,
     fmt: str | None = None,
     split: str | None = None,
-    images_dir: Path | None = None,
+    images_dir: str | Path | None = None,
     require_images: bool = False,
     replace: bool = False,
 ) -> list[ImportReport]:
@@ -100,18 +117,27 @@ def import_file(
     ``fmt`` None: the format is told from the content. ``split`` forces the split
     of a file that holds one (over what its name implies); for a file with a
     split column it picks that split's rows. Without it, a file whose name or
-    records do not say its split is refused.
+    records do not say its split is refused. ``annotations`` and ``images_dir`` may be object
+    storage URLs (see the module docstring); a URL carrying credentials is refused, as it would be
+    stored with every image.
     """
     if split is not None and split not in SPLITS:
         raise InputError(f"--split must be one of {', '.join(SPLITS)}")
-    parsed = read_file(Path(annotations), fmt)
+    for location in (annotations, images_dir):
+        if location is not None and has_inline_secret(location):
+            raise InputError(
+                f"{redact(location)}: give object storage credentials through AWS_* variables or a profile, "
+                "not in the URL (the URL is stored with every image)"
+            )
+    parsed = read_file(annotations if is_url(annotations) else Path(annotations), fmt)
     parts = _choose_splits(parsed, split)
-    base = Path(images_dir) if images_dir is not None else Path(annotations).parent
+    base = _images_base(annotations, images_dir)
     located = {
-        part_split: [(image, (base / image.file_name).resolve()) for image in part.images]
+        part_split: [(image, _image_location(base, image.file_name)) for image in part.images]
         for part_split, part in parts.items()
     }
-    missing = {part_split: [str(p) for _, p in rows if not p.is_file()] for part_split, rows in located.items()}
+    facts = _file_facts(base, [location for rows in located.values() for _, location in rows])
+    missing = {part_split: [loc for _, loc in rows if facts[loc] is None] for part_split, rows in located.items()}
     n_missing, n_images = sum(map(len, missing.values())), sum(map(len, located.values()))
     if n_missing and require_images:
         examples = [path for paths in missing.values() for path in paths][:MISSING_SHOWN]
@@ -119,11 +145,11 @@ def import_file(
     with session_scope(db) as session:
         dataset = session.scalar(select(Dataset).where(Dataset.name == name))
         if dataset is None:
-            dataset = Dataset(name=name, format=parsed.format, source_path=str(base))
+            dataset = Dataset(name=name, format=parsed.format, source_path=base)
             session.add(dataset)
             session.flush()
         for part_split, part in parts.items():
-            _add_split(session, dataset, part, located[part_split], split=part_split, replace=replace)
+            _add_split(session, dataset, part, located[part_split], facts, split=part_split, replace=replace)
     return [
         ImportReport(
             name,
@@ -135,6 +161,61 @@ def import_file(
         )
         for part_split, part in parts.items()
     ]
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What the import records of an image file or object that is there."""
+
+    sha256: str
+    width: int | None = None
+    height: int | None = None
+
+
+def _images_base(annotations: str | Path, images_dir: str | Path | None) -> str:
+    """The folder or prefix file names are relative to: ``images_dir``, else the captions file's folder."""
+    if images_dir is not None:
+        return as_location(images_dir) if is_url(images_dir) else str(Path(images_dir))
+    if is_url(annotations):
+        return str(annotations).rsplit("/", 1)[0]
+    return str(Path(annotations).parent)
+
+
+def _image_location(base: str, file_name: str) -> str:
+    """An image's location as the store records it: the object URL, or the absolute local path."""
+    return join(base, file_name) if is_url(base) else str((Path(base) / file_name).resolve())
+
+
+def _file_facts(base: str, locations: Iterable[str]) -> dict[str, FileFacts | None]:
+    """location → its facts (sha256, size), None for a missing or unreadable file or object."""
+    wanted = list(dict.fromkeys(locations))
+    if not is_url(base):
+        return {location: _local_facts(Path(location)) for location in wanted}
+    try:
+        listed = set(list_image_objects(base, recursive=True, is_image_name=lambda _name: True))
+    except InputError as exc:
+        if not str(exc).startswith("nothing found"):
+            raise
+        listed = set()
+    present = [location for location in wanted if location in listed]
+    with ThreadPoolExecutor(max_workers=get_settings().storage_concurrency) as pool:
+        digests = dict(zip(present, pool.map(_object_sha256, present), strict=True))
+    return {location: FileFacts(digest) if (digest := digests.get(location)) else None for location in wanted}
+
+
+def _local_facts(path: Path) -> FileFacts | None:
+    if not path.is_file():
+        return None
+    size = image_size(path)
+    return FileFacts(sha256_file(path), *(size or (None, None)))
+
+
+def _object_sha256(url: str) -> str | None:
+    """The object's sha256, None when it cannot be read (counted as missing, like an unreadable file)."""
+    try:
+        return hashlib.sha256(read_object(url)).hexdigest()
+    except ObjectError:
+        return None
 
 
 def _choose_splits(parsed: ParsedFile, split: str | None) -> dict[str, ParsedSplit]:
@@ -160,7 +241,8 @@ def _add_split(
     session: Session,
     dataset: Dataset,
     parsed: ParsedSplit,
-    located: list[tuple[ParsedImage, Path]],
+    located: list[tuple[ParsedImage, str]],
+    facts: dict[str, FileFacts | None],
     *,
     split: str,
     replace: bool,
@@ -179,18 +261,17 @@ def _add_split(
         session.execute(delete(Image).where(Image.dataset_id == dataset.id, Image.split == split))
     taken = set(session.scalars(select(Image.path).where(Image.dataset_id == dataset.id)))
     for image, path in located:
-        if str(path) in taken:
-            raise InputError(f"{parsed.source}: {image.file_name} is already in another split of {name!r}")
-        present = path.is_file()
-        size = image_size(path) if present else None
+        if path in taken:
+            raise InputError(f"{redact(parsed.source)}: {image.file_name} is already in another split of {name!r}")
+        fact = facts[path]
         row = Image(
             dataset_id=dataset.id,
-            path=str(path),
+            path=path,
             file_name=image.file_name,
             coco_id=image.coco_id,
-            sha256=sha256_file(path) if present else None,
-            width=size[0] if size else image.width,
-            height=size[1] if size else image.height,
+            sha256=fact.sha256 if fact else None,
+            width=fact.width if fact and fact.width else image.width,
+            height=fact.height if fact and fact.height else image.height,
             split=split,
         )
         row.references = [
@@ -204,7 +285,7 @@ def _add_split(
             for i, (text, ann_id) in enumerate(image.captions)
         ]
         session.add(row)
-        taken.add(str(path))
+        taken.add(path)
     session.flush()
 
 
@@ -436,7 +517,11 @@ def set_nightly_splits(*, db: Engine, name: str, splits: list[str]) -> None:
 
 
 def load_samples(*, db: Engine, dataset: str, split: str, require_files: bool = True) -> list[CaptionSample]:
-    """Images of a split with their reference captions, as plain records for trainers and evaluators."""
+    """Images of a split with their reference captions, as plain records for trainers and evaluators.
+
+    ``image_path`` is a ``Path`` for a local file and the URL as a ``str`` for an object (``load_rgb``
+    reads both).
+    """
     ds = get_dataset(db=db, name=dataset)
     with session_scope(db) as session:
         query = select(Image).where(Image.dataset_id == ds.id, Image.split == split).order_by(Image.id)
@@ -445,7 +530,7 @@ def load_samples(*, db: Engine, dataset: str, split: str, require_files: bool = 
         samples = [
             CaptionSample(
                 image_id=row.id,
-                image_path=Path(row.path),
+                image_path=row.path if is_url(row.path) else Path(row.path),
                 captions=tuple(_reference(ref.text, ref.segmented) for ref in row.references),
             )
             for row in session.scalars(query)

@@ -1,8 +1,9 @@
-"""Exporting a registered model to ONNX (optionally int8), verified, recorded on its models row."""
+"""Exporting a registered model to ONNX (optionally int8), verified, published (``VICAP_ARTIFACTS_URL``), recorded on its models row."""
 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,9 +20,18 @@ from vicap_jobs.jobs.lifecycle import create_job
 from vicap_jobs.jobs.params import ExportParams
 from vicap_jobs.metrics.scores import score_captions
 from vicap_jobs.models.registry import get_family
+from vicap_jobs.services.artifacts import publish_artifacts
 from vicap_jobs.services.datasets import split_references
-from vicap_jobs.services.models import model_by_id, record_export, resolve_model
+from vicap_jobs.services.models import (
+    ModelRef,
+    model_artifacts,
+    model_by_id,
+    move_artifact_dir,
+    record_export,
+    resolve_model,
+)
 from vicap_jobs.services.runs import raise_unless_succeeded, run_job
+from vicap_jobs.settings import get_settings
 
 if TYPE_CHECKING:
     from vicap_jobs.export.verify import EvalFn
@@ -61,16 +71,32 @@ def run_export(ctx: RunContext) -> str:
         raise InputError(f"export job {ctx.job_id} has no model")
     ref = model_by_id(db=ctx.db, model_id=ctx.job.model_id)
     quantize = params.quantize
-    out_dir = default_onnx_dir(Path(ref.artifact_dir))
+    checkpoint = _checkpoint_here(ctx.db, ref)
+    out_dir = default_onnx_dir(checkpoint)
     calibration = _calibration_images(ctx.db, ref.dataset_id) if quantize else []
     eval_fn = _test_bleu_4(ctx.db, ref.dataset_id) if quantize else None
-    report = export_and_verify(
-        Path(ref.artifact_dir), out_dir, quantize=quantize, calibration_images=calibration, eval_fn=eval_fn
-    )
+    report = export_and_verify(checkpoint, out_dir, quantize=quantize, calibration_images=calibration, eval_fn=eval_fn)
+    # A new published version with the exports (VICAP_ARTIFACTS_URL set), before the row says "exported": storage
+    # that stays down fails the job and leaves the row on its previous, complete version.
+    publish_artifacts(db=ctx.db, model_id=ref.id)
     # The fp32 folder is recorded; its int8 variant sits in <onnx>/int8 for the onnx-int8 and openvino-int8 engines.
     record_export(db=ctx.db, model_id=ref.id, onnx_path=str(out_dir), quantized=report.quantize is not None)
     ctx.report(done=1)
     return describe_export(report)
+
+
+def _checkpoint_here(db: Engine, ref: ModelRef) -> Path:
+    """The checkpoint folder this host exports into: the row's, or, for a model published from another
+    host, a copy of its verified version under this host's models folder (then recorded as its folder)."""
+    folder = Path(ref.artifact_dir)
+    if folder.is_dir() or not ref.artifacts_url:
+        return folder
+    target = get_settings().models_dir / ref.name
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(model_artifacts(ref).checkpoint_dir, target)
+    move_artifact_dir(db=db, model_id=ref.id, artifact_dir=str(target))
+    return target
 
 
 def export_model(*, db: Engine, model: str, quantize: str | None = None) -> str:

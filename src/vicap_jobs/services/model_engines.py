@@ -1,7 +1,8 @@
 """Loaded inference engines of one process, per (model, engine, export), loaded on first use and kept.
 
 A worker process loads a model once after the fork and reuses it for every chunk; a re-export
-(a newer ``models.exported_at``) loads the new files. The chunk runner sees it through its
+(a newer ``models.exported_at``) or a newly published version (``models.artifacts_url``) loads the
+new files. A published model's files come from this host's verified cache (``services.artifacts``). The chunk runner sees it through its
 ``EngineProvider`` protocol, so it never reads model rows itself.
 """
 
@@ -31,7 +32,8 @@ class EngineCache:
         (``services.models.resolve_engine_name``) when its family prefers an engine where faster.
         """
         model = model_by_id(db=self.db, model_id=model_id)
-        version = model.exported_at.isoformat() if model.exported_at else ""
+        # A re-export or a newly published version (another artifacts URL) means new files to load.
+        version = f"{model.exported_at.isoformat() if model.exported_at else ''} {model.artifacts_url or ''}"
         if engine_name is None:
             default_key = (model.id, version)
             if default_key not in self._defaults:

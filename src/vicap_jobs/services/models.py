@@ -21,6 +21,7 @@ from vicap_jobs.engines.onnx_format import EXPORT_FORMAT
 from vicap_jobs.errors import InputError, NotFoundError, VicapError
 from vicap_jobs.models.manifest import ModelArtifacts
 from vicap_jobs.models.registry import INT8_EXPORT_ENGINES, ONNX_EXPORT_ENGINES, get_family
+from vicap_jobs.services.artifacts import local_artifacts, publish_artifacts
 from vicap_jobs.settings import get_settings
 
 
@@ -42,6 +43,8 @@ class ModelRef:
     created_at: datetime
     exported_at: datetime | None
     trained_by_job_id: int | None = None
+    artifacts_url: str | None = None  # the published version's folder in object storage (None: local only)
+    artifact_digests: dict[str, str] | None = None  # {path relative to artifact_dir: sha256} when published
 
 
 def _ref(row: Model) -> ModelRef:
@@ -60,6 +63,8 @@ def _ref(row: Model) -> ModelRef:
         created_at=row.created_at,
         exported_at=row.exported_at,
         trained_by_job_id=row.trained_by_job_id,
+        artifacts_url=row.artifacts_url,
+        artifact_digests=dict(row.artifact_digests) if row.artifact_digests else None,
     )
 
 
@@ -95,9 +100,12 @@ def list_models(*, db: Engine) -> list[ModelRef]:
 
 
 def model_artifacts(model: ModelRef) -> ModelArtifacts:
-    """Where the model's files are: its checkpoint and the ONNX export recorded on its row."""
-    exports = {EXPORT_FORMAT: Path(model.onnx_path)} if model.onnx_path else {}
-    return ModelArtifacts(Path(model.artifact_dir), exports=exports)
+    """Where this host reads the model's files: its checkpoint and the ONNX export recorded on its row.
+
+    A published model (``artifacts_url`` on its row) is read from this host's verified cache,
+    downloaded first if needed (``services.artifacts``); any other from the paths on its row.
+    """
+    return local_artifacts(model)
 
 
 def calibration_sample(*, db: Engine, model: ModelRef, limit: int = MAX_IMAGES) -> list[PILImage.Image]:
@@ -215,6 +223,7 @@ def register_model(
         row.hyperparameters, row.vocabulary, row.tokenization = hyperparameters, vocabulary, tokenization
         row.image_size, row.dataset_id, row.trained_by_job_id = image_size, dataset_id, trained_by_job_id
         row.onnx_path, row.onnx_quantized, row.exported_at = None, False, None
+        row.artifacts_url, row.artifact_digests = None, None  # new files: published again by the caller
         session.flush()
         return row.id
 
@@ -228,6 +237,23 @@ def record_export(*, db: Engine, model_id: int, onnx_path: str, quantized: bool)
         row.onnx_path, row.onnx_quantized, row.exported_at = onnx_path, quantized, utcnow()
 
 
+def move_artifact_dir(*, db: Engine, model_id: int, artifact_dir: str) -> None:
+    """Record that the model's files are now written in ``artifact_dir`` on this host (its ONNX folder moves along).
+
+    For a model published from another host that this host writes a new version of (an export).
+    """
+    with session_scope(db) as session:
+        row = session.get(Model, model_id)
+        if row is None:
+            raise NotFoundError(f"no model with id {model_id}")
+        old = Path(row.artifact_dir)
+        if row.onnx_path and Path(row.onnx_path).is_relative_to(old):
+            row.onnx_path = str(Path(artifact_dir) / Path(row.onnx_path).relative_to(old))
+        if row.vocabulary and Path(row.vocabulary).is_relative_to(old):
+            row.vocabulary = str(Path(artifact_dir) / Path(row.vocabulary).relative_to(old))
+        row.artifact_dir = artifact_dir
+
+
 def ensure_name_free(*, db: Engine, name: str) -> None:
     with session_scope(db) as session:
         if session.scalar(select(Model.id).where(Model.name == name)) is not None:
@@ -235,7 +261,11 @@ def ensure_name_free(*, db: Engine, name: str) -> None:
 
 
 def promote_model(*, db: Engine, source: str, name: str) -> int:
-    """Register a copy of model ``source``'s artifacts under the plain name ``name`` (e.g. a sweep's best run)."""
+    """Register a copy of model ``source``'s artifacts under the plain name ``name`` (e.g. a sweep's best run).
+
+    The copy is taken from this host's files of ``source`` (its verified cache when it was published
+    from another host) and published under ``name`` when ``VICAP_ARTIFACTS_URL`` is set.
+    """
     import shutil  # only promoting copies folders
 
     model = resolve_model(db=db, name=source)
@@ -243,14 +273,14 @@ def promote_model(*, db: Engine, source: str, name: str) -> int:
     target = get_settings().models_dir / name
     if target.exists():
         raise InputError(f"{target} already exists; remove it or pick another name")
-    shutil.copytree(model.artifact_dir, target)
+    shutil.copytree(local_artifacts(model).checkpoint_dir, target)
     with session_scope(db) as session:
         row = session.get(Model, model.id)
         assert row is not None
         vocabulary = row.vocabulary
     if vocabulary and Path(vocabulary).is_relative_to(model.artifact_dir):
         vocabulary = str(target / Path(vocabulary).relative_to(model.artifact_dir))
-    return register_model(
+    model_id = register_model(
         db=db,
         name=name,
         family=model.family,
@@ -263,3 +293,5 @@ def promote_model(*, db: Engine, source: str, name: str) -> int:
         dataset_id=model.dataset_id,
         trained_by_job_id=model.trained_by_job_id,
     )
+    publish_artifacts(db=db, model_id=model_id)
+    return model_id

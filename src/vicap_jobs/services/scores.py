@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from sqlalchemy import Engine, select, text
@@ -59,6 +62,24 @@ def latest_scores(*, db: Engine, dataset: str | None = None, model: str | None =
         rows = session.execute(text(LATEST_VS_BASELINE_SQL)).all()
     result = [ScoreRow(*row) for row in rows]
     return [r for r in result if (dataset is None or r.dataset == dataset) and (model is None or r.model == model)]
+
+
+SCORE_FORMATS = ("csv", "json")
+
+
+def render_scores(rows: list[ScoreRow], fmt: str) -> str:
+    """Score rows as a CSV or a JSON list, raw (BLEU and ROUGE-L 0..1, CIDEr-D ×10), with ``beats_baseline``."""
+    records = [{**asdict(row), "beats_baseline": row.beats_baseline} for row in rows]
+    if fmt == "json":
+        return json.dumps(records, indent=2, ensure_ascii=False) + "\n"
+    if fmt != "csv":
+        raise ValueError(f"unknown scores format {fmt!r}")
+    buffer = io.StringIO()
+    columns = [*ScoreRow.__dataclass_fields__, "beats_baseline"]
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return buffer.getvalue()
 
 
 def baselines(*, db: Engine) -> list[tuple[str, str, str, float, float, float | None, int]]:

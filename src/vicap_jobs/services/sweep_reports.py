@@ -6,6 +6,8 @@ and runs sweeps. Reading settles the parent first (a run given up by the reaper 
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 import statistics
@@ -22,9 +24,11 @@ from vicap_jobs.db.status import JobStatus
 from vicap_jobs.db.tables import Evaluation, Job, Model
 from vicap_jobs.errors import NotFoundError, VicapError
 from vicap_jobs.jobs.params import SweepParams, SweepTrainParams
-from vicap_jobs.models.manifest import read_manifest
+from vicap_jobs.models.manifest import MANIFEST_FILE
 from vicap_jobs.services.evaluation import ensure_baseline
 from vicap_jobs.services.sweeps import METRICS, RUN_FILE, find_sweep_id, point_label, settle_sweep, sweep_names
+from vicap_jobs.storage.locations import join
+from vicap_jobs.storage.objects import read_text
 
 
 @dataclass(frozen=True)
@@ -174,18 +178,29 @@ def _run_row(session: Session, child: Job) -> SweepRun:
     )
     if evaluation is not None:
         base.update({metric: getattr(evaluation, metric, None) for metric in METRICS})
-    folder = Path(model.artifact_dir)
-    try:
-        meta = read_manifest(folder).get("meta") or {}
+    manifest = _model_json(model, MANIFEST_FILE)
+    meta = manifest.get("meta") if isinstance(manifest, dict) else None
+    if isinstance(meta, dict):
         base["best_epoch"], base["val_loss"] = meta.get("best_epoch"), meta.get("val_loss")
-    except VicapError:
-        pass
-    record_path = folder / RUN_FILE
-    if record_path.is_file():
-        record = json.loads(record_path.read_text(encoding="utf-8"))
+    record = _model_json(model, RUN_FILE)
+    if isinstance(record, dict):
         base["train_seconds"] = record.get("train_seconds")
         base["trainable_parameters"] = record.get("trainable_parameters")
     return SweepRun(**base)
+
+
+def _model_json(model: Model, name: str) -> Any:
+    """A small JSON file of the model's folder: from this host's disk, else from its published version
+    (``VICAP_ARTIFACTS_URL``: a worker on another host trained it); None when neither has it or it is unreadable."""
+    local = Path(model.artifact_dir) / name
+    try:
+        if local.is_file():
+            return json.loads(local.read_text(encoding="utf-8"))
+        if model.artifacts_url and name in (model.artifact_digests or {}):
+            return json.loads(read_text(join(model.artifacts_url, name)))
+    except (VicapError, OSError, ValueError):
+        return None
+    return None
 
 
 def run_rows(report: SweepReport) -> list[dict[str, Any]]:
@@ -203,3 +218,22 @@ def run_rows(report: SweepReport) -> list[dict[str, Any]]:
         row["error"] = run.error
         rows.append(row)
     return rows
+
+
+RUN_FORMATS = ("csv", "json")
+
+
+def render_runs(report: SweepReport, fmt: str) -> str:
+    """The per-run rows of ``run_rows`` as a CSV (dicts and lists as JSON text) or a JSON list."""
+    rows = run_rows(report)
+    if fmt == "json":
+        return json.dumps(rows, indent=2, ensure_ascii=False, default=str) + "\n"
+    if fmt != "csv":
+        raise ValueError(f"unknown sweep run format {fmt!r}")
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()})
+    return buffer.getvalue()

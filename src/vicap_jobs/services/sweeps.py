@@ -53,9 +53,10 @@ from vicap_jobs.jobs.kinds import JobFailed
 from vicap_jobs.jobs.lifecycle import beat_job, create_job, fail_job, start_job, succeed_job
 from vicap_jobs.jobs.params import SweepParams, SweepTrainParams
 from vicap_jobs.models.registry import get_family
+from vicap_jobs.services.artifacts import publish_artifacts
 from vicap_jobs.services.datasets import get_dataset, split_references
 from vicap_jobs.services.evaluation import create_evaluate_job
-from vicap_jobs.services.models import ensure_name_free
+from vicap_jobs.services.models import ensure_name_free, resolve_model
 from vicap_jobs.services.runs import run_job
 from vicap_jobs.services.training import PRETRAINED_PATIENCE, run_training, train_options
 from vicap_jobs.settings import get_settings
@@ -347,6 +348,8 @@ def _train_and_evaluate(ctx: RunContext, params: SweepTrainParams) -> str | None
         (artifact_dir / RUN_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
     else:
         summary = json.loads((artifact_dir / RUN_FILE).read_text(encoding="utf-8")).get("summary")
+    # The run record travels with the model (VICAP_ARTIFACTS_URL set): reports on other hosts read it from there.
+    publish_artifacts(db=ctx.db, model_id=resolve_model(db=ctx.db, name=params.name).id)
     parts = [summary or "trained"]
     for split in EVAL_SPLITS:
         if ctx.cancelled():

@@ -1,4 +1,5 @@
-"""Training as a job: validate at submit time, then read the data set, call the family's trainer, register the model.
+"""Training as a job: validate at submit time, then read the data set, call the family's trainer, register the model
+(and publish its files when ``VICAP_ARTIFACTS_URL`` is set).
 
 The trainer itself (``vicap_jobs.training``) never sees the database; this module is the bridge.
 ``vicap-jobs train`` runs the job in this process, ``submit train`` on a worker: both through the
@@ -25,6 +26,7 @@ from vicap_jobs.jobs.lifecycle import attach_model, create_job
 from vicap_jobs.jobs.params import TrainParams
 from vicap_jobs.models.manifest import read_manifest
 from vicap_jobs.models.registry import get_family
+from vicap_jobs.services.artifacts import publish_artifacts
 from vicap_jobs.services.datasets import get_dataset, load_samples
 from vicap_jobs.services.models import ensure_name_free, register_model
 from vicap_jobs.services.runs import JobOutcome, raise_unless_succeeded, run_job
@@ -123,6 +125,9 @@ def run_training(ctx: RunContext) -> str:
     )
     with session_scope(ctx.db) as session:
         attach_model(session=session, job_id=ctx.job_id, model_id=model_id)
+    # With VICAP_ARTIFACTS_URL set, workers on other hosts download it from there; storage that stays
+    # down fails this job (the row stays local-only: it never names a version without its manifest).
+    publish_artifacts(db=ctx.db, model_id=model_id)
     return (
         f"best epoch {result.best_epoch}, val BLEU-4 {100 * result.val_bleu4:.1f} "
         f"ROUGE-L {100 * result.val_rouge_l:.1f}, {result.seconds:.0f}s"

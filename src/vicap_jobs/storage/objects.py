@@ -40,6 +40,9 @@ T = TypeVar("T")
 
 #: Largest object read into memory as one photo: anything bigger is not a photo a captioner needs.
 MAX_OBJECT_BYTES = 256 * 1024 * 1024
+#: errno values of answers that retrying cannot change (s3fs maps S3 error codes to them: InvalidBucketName,
+#: InvalidArgument → EINVAL).
+_REFUSED = frozenset({errno.EINVAL, errno.ENAMETOOLONG, errno.EROFS})
 #: The first pause between attempts of a storage call, and the longest.
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 8.0
@@ -109,6 +112,8 @@ def with_retries(what: str, call: Callable[[], T], *, retries: int | None = None
         except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, VicapError):
             raise
         except Exception as exc:  # noqa: BLE001 - connection-level failures come as many library types
+            if isinstance(exc, OSError) and exc.errno in _REFUSED:  # the storage said no: asking again will not help
+                raise InputError(f"object storage refused {what}: {_first_line(exc)}") from None
             if attempt == attempts:
                 raise StorageUnavailable(
                     f"object storage unreachable while {what}: {type(exc).__name__}: {_first_line(exc)} "
@@ -240,6 +245,16 @@ def upload_file(source: Path, url: str) -> None:
     """Copy a local file to ``url`` (retried while the storage is unreachable)."""
     fs, path = filesystem(url)
     with_retries(f"uploading {source.name} to {url}", lambda: fs.put_file(str(source), path))
+
+
+def copy_object(source: str, target: str) -> None:
+    """Copy the object ``source`` to ``target`` within one store (server-side where the store can); ObjectError if missing."""
+    fs, source_path = filesystem(source)
+    _, target_path = filesystem(target)
+    try:
+        with_retries(f"copying {source} to {target}", lambda: fs.copy(source_path, target_path))
+    except FileNotFoundError:
+        raise ObjectError(f"object not found: {source}") from None
 
 
 def download_file(url: str, target: Path) -> None:
