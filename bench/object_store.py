@@ -22,6 +22,12 @@ the same bytes must give the same captions.
 Writes ``bench/results/object_store.json`` (with the CPU model and the load average around every
 run: compare ratios of one run, never absolute images/s across machines).
 
+Measured 2026-11-30 on the shared 2-core AMD EPYC box (load 3-4.8, the server on the same cores),
+300 photos, 4 rounds: S3 at 0.55-0.61× the local disk with the default concurrency, because each
+photo from S3 costs this process ~11 ms of CPU against ~6.5 ms from disk (the S3 client) plus
+~1.8 ms in the server; concurrency 8 over 1: ×1.08-1.23; read-ahead: no gain (no idle core, its
+thread competes with torch). Every variant gave the local captions. Details: REPORT.md.
+
     python bench/object_store.py                       # 300 photos, 3 rounds, ~5 min on 2 cores
     python bench/object_store.py --n-images 64 --repeats 1 --variants local-ra1,s3-ra1-c8
 """
@@ -175,8 +181,25 @@ def configure(variant: Variant) -> None:
     reset_settings()
 
 
-def run_job(setup: Setup, variant: Variant, location: str | Path, n_expected: int) -> dict[str, Any]:
-    """Plan one caption job over ``location`` and run its chunks here; images/s counts the chunks only."""
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds a process (all its threads) has used so far; 0 without one."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
+
+
+def run_job(
+    setup: Setup, variant: Variant, location: str | Path, n_expected: int, server_pid: int | None = None
+) -> dict[str, Any]:
+    """Plan one caption job over ``location`` and run its chunks here; images/s counts the chunks only.
+
+    CPU time of this process (engine, decoding, the S3 client) and of the S3 server is taken over the
+    chunks too: on one machine both share the cores, so it says what each side costs per photo.
+    """
     from vicap_jobs.pipeline.runner import run_chunk
     from vicap_jobs.services.captioning import create_caption_job
 
@@ -194,6 +217,7 @@ def run_job(setup: Setup, variant: Variant, location: str | Path, n_expected: in
     )
     plan_s = time.perf_counter() - started
     totals = {"read_s": 0.0, "infer_s": 0.0, "write_s": 0.0}
+    client_cpu, server_cpu = time.process_time(), cpu_seconds(server_pid)
     started = time.perf_counter()
     for chunk_id in plan.chunk_ids:
         outcome = run_chunk(db=setup.db, chunk_id=chunk_id, engines=setup.engines, worker_name="bench")
@@ -202,6 +226,7 @@ def run_job(setup: Setup, variant: Variant, location: str | Path, n_expected: in
         for key in totals:
             totals[key] += getattr(outcome, key)
     seconds = time.perf_counter() - started
+    client_cpu, server_cpu = time.process_time() - client_cpu, cpu_seconds(server_pid) - server_cpu
     captions = job_captions(setup, plan.job_id)
     if len(captions) != n_expected:
         raise RuntimeError(f"{variant.name}: {len(captions)} captions for {n_expected} photos")
@@ -210,6 +235,8 @@ def run_job(setup: Setup, variant: Variant, location: str | Path, n_expected: in
         "seconds": seconds,
         "plan_s": plan_s,
         **totals,
+        "client_cpu_ms_per_image": 1000 * client_cpu / n_expected,
+        "server_cpu_ms_per_image": 1000 * server_cpu / n_expected if variant.source == "s3" else 0.0,
         "load_1min_before": load_before,
         "load_1min_after": os.getloadavg()[0],
         "captions": captions,
@@ -243,7 +270,7 @@ def run(args: argparse.Namespace, server: Any = None) -> dict[str, Any]:
     setup = Setup(work, args)
     variants: list[Variant] = args.variant_list
     locations: dict[str, str | Path] = {"local": paths[0].parent}
-    own_server = None
+    own_server, server_pid = None, None
     try:
         if any(v.source == "s3" for v in variants):
             if server is None:
@@ -252,22 +279,24 @@ def run(args: argparse.Namespace, server: Any = None) -> dict[str, Any]:
                 own_server = server = SeaweedS3(work / "seaweed")
                 server.start()
             os.environ.update(server.env())
+            server_pid = server.process.pid if server.process is not None else None
             started = time.perf_counter()
             locations["s3"] = f"s3://{server.new_bucket('bench')}/photos"
             upload(paths, str(locations["s3"]))
             print(f"uploaded {len(paths)} photos in {time.perf_counter() - started:.1f}s", flush=True)
         for source in dict.fromkeys(v.source for v in variants):  # warm-up: engine, hashes, connections
             warm = next(v for v in variants if v.source == source)
-            run_job(setup, warm, locations[source], len(paths))
+            run_job(setup, warm, locations[source], len(paths), server_pid)
         rounds: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
         for round_index in range(args.repeats):
             for variant in variants:
-                result = run_job(setup, variant, locations[variant.source], len(paths))
+                result = run_job(setup, variant, locations[variant.source], len(paths), server_pid)
                 rounds[variant.name].append(result)
                 print(
                     f"round {round_index + 1} {variant.name:>10}: {result['images_per_s']:7.1f} images/s "
                     f"(read {result['read_s']:.2f}s, infer {result['infer_s']:.2f}s, plan {result['plan_s']:.2f}s, "
-                    f"load {result['load_1min_before']:.1f})",
+                    f"cpu ms/photo {result['client_cpu_ms_per_image']:.1f} + server "
+                    f"{result['server_cpu_ms_per_image']:.1f}, load {result['load_1min_before']:.1f})",
                     flush=True,
                 )
     finally:
@@ -289,7 +318,9 @@ def run(args: argparse.Namespace, server: Any = None) -> dict[str, Any]:
             "images_per_s: median over rounds of photos / seconds in run_chunk (planning apart, in plan_s); "
             f"ratio_to_baseline: that median over {BASELINE}'s median, same run; read_s / infer_s: the chunks' own "
             "split (read_s is time waiting for decoded photos on the critical path plus the read-ahead thread's, as "
-            "the runner records it); captions_equal_to_local: share of photos whose caption equals the local run's"
+            "the runner records it); client_cpu_ms_per_image / server_cpu_ms_per_image: CPU time of this process (engine, "
+            "decoding, S3 client, all threads) and of the weed server over the chunks, per photo; "
+            "captions_equal_to_local: share of photos whose caption equals the local run's"
         ),
         "findings": [],  # the measured conclusions, written by hand after a run (see REPORT.md)
     }
@@ -316,7 +347,15 @@ def summarize(variants: list[Variant], rounds: dict[str, list[dict[str, Any]]]) 
             "ratio_to_baseline": round(median / base, 3),
             **{
                 key: round(statistics.median(r[key] for r in results), 3)
-                for key in ("seconds", "plan_s", "read_s", "infer_s", "write_s")
+                for key in (
+                    "seconds",
+                    "plan_s",
+                    "read_s",
+                    "infer_s",
+                    "write_s",
+                    "client_cpu_ms_per_image",
+                    "server_cpu_ms_per_image",
+                )
             },
             "load_1min": [round(r["load_1min_before"], 2) for r in results],
             "captions_equal_to_local": min(same),

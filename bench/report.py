@@ -232,7 +232,8 @@ def object_store(data: dict[str, Any]) -> list[str]:
     rows = [
         [
             name, v["source"], v["read_ahead"], v.get("storage_concurrency") or "-", v["images_per_s"],
-            ratio(v.get("ratio_to_baseline")), v.get("read_s"), v.get("infer_s"), percent(v.get("captions_equal_to_local")),
+            ratio(v.get("ratio_to_baseline")), v.get("read_s"), v.get("infer_s"), v.get("client_cpu_ms_per_image"),
+            v.get("server_cpu_ms_per_image"), percent(v.get("captions_equal_to_local")),
         ]
         for name, v in data["variants"].items()
     ]  # fmt: skip
@@ -243,7 +244,7 @@ def object_store(data: dict[str, Any]) -> list[str]:
         "",
         *table(
             ["variant", "source", "read-ahead", "concurrency", "images/s", "× baseline", "read s", "infer s",
-             "same captions"],
+             "CPU ms/photo", "server CPU ms/photo", "same captions"],
             rows,
         ),
     ]  # fmt: skip
