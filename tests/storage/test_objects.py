@@ -206,6 +206,17 @@ def test_upload_and_download_round_trip(s3_root: str, tmp_path: Path) -> None:
     assert (tmp_path / "copy.bin").read_bytes() == source.read_bytes()
     with pytest.raises(ObjectError, match="object not found"):
         download_file(f"{s3_root}/artifacts/none.bin", tmp_path / "none.bin")
+    assert sorted(p.name for p in tmp_path.glob("*.*")) == ["copy.bin", "model.bin"]  # no partial or .part file
+
+
+def test_a_download_cut_off_leaves_no_partial_file(own_server: SeaweedS3, tmp_path: Path) -> None:
+    bucket = f"s3://{own_server.new_bucket()}"
+    write_bytes(f"{bucket}/model.bin", b"weights")
+    (tmp_path / "cache").mkdir()
+    own_server.stop()
+    with pytest.raises(StorageUnavailable):
+        download_file(f"{bucket}/model.bin", tmp_path / "cache" / "model.bin")
+    assert list((tmp_path / "cache").iterdir()) == []
 
 
 # --------------------------------------------------------------------------- writing

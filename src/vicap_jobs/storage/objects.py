@@ -258,12 +258,21 @@ def copy_object(source: str, target: str) -> None:
 
 
 def download_file(url: str, target: Path) -> None:
-    """Copy the object ``url`` to the local file ``target`` (retried while the storage is unreachable)."""
+    """Copy the object ``url`` to the local file ``target`` (retried while the storage is unreachable).
+
+    The object lands in a sibling temporary file renamed onto ``target`` once complete, so a download
+    cut off by the storage going away never leaves a truncated ``target`` (nor its temporary file).
+    """
     fs, path = filesystem(url)
+    target = Path(target)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
     try:
-        with_retries(f"downloading {url}", lambda: fs.get_file(path, str(target)))
+        with_retries(f"downloading {url}", lambda: fs.get_file(path, str(temporary)))
+        os.replace(temporary, target)
     except FileNotFoundError:
         raise ObjectError(f"object not found: {url}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def read_text(location: str | Path) -> str:
