@@ -381,3 +381,22 @@ def use_s3_env(monkeypatch: pytest.MonkeyPatch, server: SeaweedS3) -> None:
 def s3_bucket(seaweed: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> str:
     use_s3_env(monkeypatch, seaweed)
     return f"s3://{seaweed.new_bucket()}"
+
+
+@pytest.fixture()
+def own_s3(
+    make_seaweed: Callable[[Path], SeaweedS3],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    vicap_setenv: Callable[[str, str | None], None],
+) -> SeaweedS3:
+    """A SeaweedFS server of this test's own (it may stop and restart it), the clients pointed at it and failing fast.
+
+    botocore tries each call once (``AWS_MAX_ATTEMPTS=1``) and vicap-jobs twice (``VICAP_STORAGE_RETRIES=2``), so a
+    stopped server is "unreachable" after half a second, not after a minute.
+    """
+    server = make_seaweed(tmp_path / "own-seaweed")
+    use_s3_env(monkeypatch, server)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    vicap_setenv("storage_retries", "2")
+    return server

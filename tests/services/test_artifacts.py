@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import s3fs
 from sqlalchemy import Engine
 
 from tests.conftest import use_s3_env
@@ -211,18 +210,13 @@ def test_a_new_version_copies_unchanged_files_within_the_store(
 def test_storage_down_mid_publish_fails_and_leaves_the_row_local_only(
     training_host: Host,
     sqlite_db: Engine,
-    make_seaweed: Callable[[Path], SeaweedS3],
-    tmp_path: Path,
+    own_s3: SeaweedS3,
     monkeypatch: pytest.MonkeyPatch,
     vicap_setenv: Callable[[str, str | None], None],
 ) -> None:
-    server = make_seaweed(tmp_path / "own-seaweed")
-    use_s3_env(monkeypatch, server)
-    # fsspec keeps one client per process and arguments, not per endpoint: this test gets its own.
-    monkeypatch.setattr(s3fs.S3FileSystem, "_cache", {})
+    server = own_s3
     url = f"s3://{server.new_bucket()}/artifacts"
     vicap_setenv("artifacts_url", url)
-    vicap_setenv("storage_retries", "2")
     real = objects.upload_file
     uploads: list[str] = []
 

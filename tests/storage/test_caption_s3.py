@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from PIL import Image as PILImage
 from sqlalchemy import Engine, select
 
-from tests.conftest import use_s3_env
 from tests.data.hostile import make_hostile_folder
 from tests.seaweed import SeaweedS3
 from tests.store_helpers import add_model, chunk_states, get_job
@@ -122,16 +121,9 @@ def test_a_prefix_is_captioned_object_by_object_with_the_local_reasons_for_hosti
 
 
 def test_storage_going_away_sends_the_chunk_back_and_nothing_is_lost_or_written_twice(
-    sqlite_db: Engine,
-    make_seaweed: Callable[[Path], SeaweedS3],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    vicap_setenv: Callable[[str, str | None], None],
+    sqlite_db: Engine, own_s3: SeaweedS3, tmp_path: Path
 ) -> None:
-    server = make_seaweed(tmp_path / "seaweed")
-    use_s3_env(monkeypatch, server)
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    vicap_setenv("storage_retries", "2")
+    server = own_s3
     bucket = f"s3://{server.new_bucket()}"
     for i in range(10):
         image = PILImage.new("RGB", (20 + i, 10), (i * 20, 90, 160))
@@ -168,16 +160,9 @@ def test_storage_going_away_sends_the_chunk_back_and_nothing_is_lost_or_written_
 
 
 def test_a_chunk_that_never_reaches_storage_is_given_up_after_max_attempts_with_the_reason(
-    sqlite_db: Engine,
-    make_seaweed: Callable[[Path], SeaweedS3],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    vicap_setenv: Callable[[str, str | None], None],
+    sqlite_db: Engine, own_s3: SeaweedS3, vicap_setenv: Callable[[str, str | None], None]
 ) -> None:
-    server = make_seaweed(tmp_path / "seaweed")
-    use_s3_env(monkeypatch, server)
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    vicap_setenv("storage_retries", "1")
+    server = own_s3
     vicap_setenv("max_chunk_attempts", "2")
     bucket = f"s3://{server.new_bucket()}"
     for i in range(3):

@@ -99,18 +99,8 @@ def test_wrong_credentials_are_one_line_access_denied(
 
 
 @pytest.mark.slow
-def test_storage_down_is_one_line_after_the_retries(
-    captioned: tuple[Engine, int, Path],
-    make_seaweed: object,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    vicap_setenv: object,
-) -> None:
-    from tests.conftest import use_s3_env
-
-    server: SeaweedS3 = make_seaweed(tmp_path / "down")  # type: ignore[operator]
-    use_s3_env(monkeypatch, server)
-    vicap_setenv("storage_retries", "2")  # type: ignore[operator]
+def test_storage_down_is_one_line_after_the_retries(captioned: tuple[Engine, int, Path], own_s3: SeaweedS3) -> None:
+    server = own_s3
     bucket = server.new_bucket()
     server.stop()
     s3fs.S3FileSystem.clear_instance_cache()

@@ -83,7 +83,7 @@ def test_two_empty_hosts_caption_s3_photos_with_a_model_from_a_third_through_a_k
     shared_env = {
         **storage.env(),
         "VICAP_ARTIFACTS_URL": artifacts,
-        "VICAP_STORAGE_RETRIES": "4",  # 0.5 + 1 + 2 s of pauses per attempt: a restart outlasts some of them
+        "VICAP_STORAGE_RETRIES": "3",  # 0.5 + 1 s of pauses per attempt: the outage (~10 s) outlasts several
         "AWS_MAX_ATTEMPTS": "1",
         "VICAP_MAX_CHUNK_ATTEMPTS": "12",
     }
@@ -158,8 +158,9 @@ def test_two_empty_hosts_caption_s3_photos_with_a_model_from_a_third_through_a_k
         assert status == "error" and reason in (error or ""), (url, error)
     for home in (host_b.home, host_c.home):
         assert len(downloads(home)) == 1, (home, downloads(home))  # each host fetched the model once
-    requeued = "goes back to the queue" in host_c.worker_logs()
-    print(f"\n{len(good)} photos + {len(hostile)} hostile objects; a chunk went back to the queue: {requeued}")
+    released = (host_c.home / "logs" / "c.log").read_text(errors="replace").count("goes back to the queue")
+    assert released >= 1  # the outage outlasted a chunk's retries: it was released, published again and finished
+    print(f"\n{len(good)} photos + {len(hostile)} hostile objects; chunks sent back to the queue: {released}")
     all_text = "\n".join(
         Path(p).read_text(errors="replace") for h in (host_a, host_b, host_c) for p in (h.home / "logs").glob("*.log")
     )

@@ -21,6 +21,7 @@ from vicap_jobs.services.sweeps import create_sweep, parse_grid
 from vicap_jobs.services.training import create_train_job
 from vicap_jobs.services.workers import live_workers, start_worker_hint
 from vicap_jobs.storage.locations import is_url
+from vicap_jobs.storage.redact import redact
 
 
 def _wait_option(command: Any) -> Any:
@@ -118,17 +119,18 @@ def caption(
     """
 
     settings, db = open_store()
-    plan = create_caption_job(
-        db=db,
-        folder=folder if is_url(folder) else Path(folder),
-        model=model,
-        engine_name=engine,
-        recursive=recursive,
-        batch_size=batch_size,
-        chunk_size=chunk_size or settings.chunk_size,
-        gpu=gpu,
-        skip_known=skip_known,
-    )
+    with console.status(f"listing and registering the photos of {redact(folder)}"):  # a spinner on a terminal only
+        plan = create_caption_job(
+            db=db,
+            folder=folder if is_url(folder) else Path(folder),
+            model=model,
+            engine_name=engine,
+            recursive=recursive,
+            batch_size=batch_size,
+            chunk_size=chunk_size or settings.chunk_size,
+            gpu=gpu,
+            skip_known=skip_known,
+        )
     queue, _ = _publish(db, plan.job_id)
     console.print(_queued_line(plan, queue))
     if plan.skipped_dirs:

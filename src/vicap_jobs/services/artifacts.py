@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
+from vicap_jobs.data.images import sha256_file
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Model
 from vicap_jobs.engines.onnx_format import EXPORT_FORMAT
@@ -55,7 +56,6 @@ MANIFEST_NAME = "MANIFEST.json"
 #: The cache's own log of completed downloads (one JSON object per line).
 DOWNLOADS_FILE = "downloads.jsonl"
 VERSION_DIGITS = 16
-_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -71,15 +71,6 @@ class Download:
 
 
 # -- digests ---------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of one file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while block := handle.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def folder_files(folder: Path) -> list[str]:
