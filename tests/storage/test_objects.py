@@ -209,11 +209,11 @@ def test_upload_and_download_round_trip(s3_root: str, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.glob("*.*")) == ["copy.bin", "model.bin"]  # no partial or .part file
 
 
-def test_a_download_cut_off_leaves_no_partial_file(own_server: SeaweedS3, tmp_path: Path) -> None:
-    bucket = f"s3://{own_server.new_bucket()}"
+def test_a_download_cut_off_leaves_no_partial_file(own_s3: SeaweedS3, tmp_path: Path) -> None:
+    bucket = f"s3://{own_s3.new_bucket()}"
     write_bytes(f"{bucket}/model.bin", b"weights")
     (tmp_path / "cache").mkdir()
-    own_server.stop()
+    own_s3.stop()
     with pytest.raises(StorageUnavailable):
         download_file(f"{bucket}/model.bin", tmp_path / "cache" / "model.bin")
     assert list((tmp_path / "cache").iterdir()) == []
@@ -273,28 +273,13 @@ def test_write_bytes_remote_is_one_whole_object(s3_root: str) -> None:
 # --------------------------------------------------------------------------- the storage going away
 
 
-@pytest.fixture()
-def own_server(
-    make_seaweed: Callable[[Path], SeaweedS3],
-    monkeypatch: pytest.MonkeyPatch,
-    vicap_setenv: Callable[[str, str | None], None],
-    tmp_path: Path,
-) -> SeaweedS3:
-    """A server of this test's own (it may be stopped), 2 attempts per storage call, no botocore retries."""
-    server = make_seaweed(tmp_path / "weed")
-    use_s3_env(monkeypatch, server)
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    vicap_setenv("storage_retries", "2")
-    return server
-
-
 def test_a_stopped_server_is_storage_unavailable_then_reads_work_after_restart(
-    own_server: SeaweedS3, caplog: pytest.LogCaptureFixture
+    own_s3: SeaweedS3, caplog: pytest.LogCaptureFixture
 ) -> None:
-    bucket = f"s3://{own_server.new_bucket()}"
+    bucket = f"s3://{own_s3.new_bucket()}"
     write_bytes(f"{bucket}/p/a.jpg", b"photo a")
     write_bytes(f"{bucket}/p/b.jpg", b"photo b")
-    own_server.stop()
+    own_s3.stop()
 
     started = time.monotonic()
     unavailable = r"unreachable while reading .*\(after 2 attempts\)"
@@ -312,15 +297,15 @@ def test_a_stopped_server_is_storage_unavailable_then_reads_work_after_restart(
     with pytest.raises(StorageUnavailable):
         write_bytes(f"{bucket}/p/c.jpg", b"photo c")
 
-    own_server.restart()
+    own_s3.restart()
     assert _list(f"{bucket}/p") == [f"{bucket}/p/a.jpg", f"{bucket}/p/b.jpg"]
     assert read_object(f"{bucket}/p/a.jpg") == b"photo a" and read_object(f"{bucket}/p/b.jpg") == b"photo b"
     assert not exists(f"{bucket}/p/c.jpg")
 
 
-def test_a_missing_object_is_not_retried(own_server: SeaweedS3, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_missing_object_is_not_retried(own_s3: SeaweedS3, caplog: pytest.LogCaptureFixture) -> None:
     """An object's own problem is the photo's, at once: no backoff, no StorageUnavailable."""
-    bucket = f"s3://{own_server.new_bucket()}"
+    bucket = f"s3://{own_s3.new_bucket()}"
     with caplog.at_level(logging.WARNING, logger="vicap_jobs.storage.objects"), pytest.raises(ObjectError):
         read_object(f"{bucket}/none.jpg")
     assert not [r for r in caplog.records if "retrying" in r.getMessage()]
