@@ -54,8 +54,10 @@ def test_a_tiny_run_captions_the_same_photos_from_s3_and_disk(
 ) -> None:
     """A few seconds: every variant captions every photo, S3 gives the local captions, the report renders."""
     use_s3_env(monkeypatch, seaweed)  # the bench sets these itself; monkeypatch puts them back afterwards
+    # The bench sets these in os.environ itself; set them here first so monkeypatch removes them afterwards
+    # (a delenv of an unset variable records nothing, and READ_AHEAD=0 then leaked into later tests).
     for name in ("VICAP_READ_AHEAD", "VICAP_STORAGE_CONCURRENCY"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "1")
     monkeypatch.setenv("VICAP_HOME", str(vicap_env))
     args = object_store.parse_args(
         ["--n-images", "10", "--width", "64", "--height", "48", "--image-size", "32", "--batch-size", "4"]
