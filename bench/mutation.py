@@ -66,6 +66,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "vicap_jobs/jobs/writer.py": JOB_TESTS,
     "vicap_jobs/jobs/recovery.py": JOB_TESTS,
     "vicap_jobs/pipeline/runner.py": JOB_TESTS,
+    "vicap_jobs/pipeline/reader.py": JOB_TESTS,
 }
 
 # mutmut 3 never mutates a decorated function (a decorator may register or wrap it). These only switch

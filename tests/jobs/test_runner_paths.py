@@ -20,7 +20,7 @@ from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Caption, Image
 from vicap_jobs.errors import WeightsMissingError
 from vicap_jobs.jobs.chunks import ChunkOutcome
-from vicap_jobs.pipeline import runner
+from vicap_jobs.pipeline import reader, runner
 from vicap_jobs.pipeline.runner import run_chunk
 
 
@@ -63,7 +63,7 @@ def test_the_next_batch_is_read_while_the_engine_captions_this_one(
     images, job_id, (chunk_id,), engines = _setup(any_db, tmp_path, 6, chunk_size=6)
     third_read = threading.Event()
     reads: list[str] = []
-    load = runner.load_rgb
+    load = reader.load_rgb
 
     def spy_load(path: str) -> Any:
         reads.append(Path(path).name)
@@ -71,7 +71,7 @@ def test_the_next_batch_is_read_while_the_engine_captions_this_one(
             third_read.set()
         return load(path)
 
-    monkeypatch.setattr(runner, "load_rgb", spy_load)
+    monkeypatch.setattr(reader, "load_rgb", spy_load)
     overlapped: list[bool] = []
     engines.engine.on_batch = lambda n: overlapped.append(third_read.wait(timeout=10)) if n == 1 else None
     outcome = run_chunk(db=any_db, chunk_id=chunk_id, engines=engines, worker_name="w")
@@ -84,7 +84,9 @@ def test_a_chunk_records_its_timings_and_each_image_its_share_of_the_batch(
     any_db: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     images, job_id, (chunk_id,), engines = _setup(any_db, tmp_path, 4, chunk_size=4, engine="onnx")
-    monkeypatch.setattr(runner, "time", Clock())
+    clock = Clock()
+    monkeypatch.setattr(runner, "time", clock)
+    monkeypatch.setattr(reader, "time", clock)  # reading is timed where it happens
     beats: list[int] = []
     outcome = run_chunk(
         db=any_db, chunk_id=chunk_id, engines=engines, worker_name="w", heartbeat=lambda: beats.append(1)
@@ -186,14 +188,14 @@ def test_unreadable_files_get_their_reason_and_never_reach_the_engine(
     with session_scope(any_db) as session:
         paths = dict(session.execute(select(Image.id, Image.path)).all())
     Path(paths[images[1]]).write_bytes(b"")  # a file the decoder refuses (ImageError)
-    real_load = runner.load_rgb
+    real_load = reader.load_rgb
 
     def load(path: Path):  # a decoder bug (not an ImageError) on the third and fourth images
         if str(path) in (paths[images[2]], paths[images[3]]):
             raise ValueError("bad palette")
         return real_load(path)
 
-    monkeypatch.setattr(runner, "load_rgb", load)
+    monkeypatch.setattr(reader, "load_rgb", load)
     outcome = run_chunk(db=any_db, chunk_id=chunk_id, engines=engines, worker_name="w")
     assert engines.engine.batches == [[images[0]], [images[4]]]  # the batch of images 2, 3 never reached it
     assert (outcome.status, outcome.n_ok, outcome.n_failed) == ("done", 2, 3)

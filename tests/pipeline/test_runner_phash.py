@@ -15,7 +15,7 @@ from vicap_jobs.data.images import load_rgb
 from vicap_jobs.data.phash import perceptual_hash
 from vicap_jobs.db.session import session_scope
 from vicap_jobs.db.tables import Image
-from vicap_jobs.pipeline import runner
+from vicap_jobs.pipeline import reader, runner
 from vicap_jobs.pipeline.runner import run_chunk
 
 
@@ -43,7 +43,7 @@ def _count_hashing(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         widths.append(image.width)
         return perceptual_hash(image)
 
-    monkeypatch.setattr(runner, "perceptual_hash", counted)
+    monkeypatch.setattr(reader, "perceptual_hash", counted)
     return widths
 
 
@@ -123,7 +123,7 @@ def test_a_failing_hash_still_captions_the_image(
     def broken(image: PILImage.Image) -> str:
         raise ValueError("no hash today")
 
-    monkeypatch.setattr(runner, "perceptual_hash", broken)
+    monkeypatch.setattr(reader, "perceptual_hash", broken)
     model_id = jobs.add_model(any_db)
     ids = jobs.add_images(any_db, tmp_path / "img", 2)
     job_id, (chunk_id,) = jobs.caption_job(any_db, ids, chunk_size=2, model_id=model_id)
